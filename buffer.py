@@ -1,0 +1,22 @@
+"""Train expert trajectories on real pairs (METHOD §3).
+
+    python buffer.py --config configs/tuxpaint/buffer.yaml [--buffer.num_experts 5 ...]
+    torchrun --nproc-per-node G buffer.py --config configs/flickr30k/buffer.yaml   # experts spread over G GPUs
+"""
+from utils.config import parse_args
+from utils.experts import run_buffer
+
+
+def main(argv=None):
+    cfg, _ = parse_args(argv, description=__doc__)
+    experts = run_buffer(cfg)
+    for index, meta in sorted(experts.items()):
+        recall = meta.get("test_recall") or {}
+        if recall:
+            first, last = min(recall, key=int), max(recall, key=int)
+            print(f"expert {index}: test mean recall {recall[first]['mean']:.2f} at epoch {first} "
+                  f"-> {recall[last]['mean']:.2f} at epoch {last}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The two towers' building blocks: a timm image tower, a frozen text encoder, the projection head."""
+import timm
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm import tqdm
+
+from utils.io import hash_state
+from networks.weights import ModelNotFoundError, resolve_image_weights, resolve_text_encoder, text_encoder_hint
+
+
+class ImageTower(nn.Module):
+    """A timm backbone without classifier (pooled features). BatchNorm layers always run in eval mode:
+    running statistics stay frozen, affine parameters train (METHOD §2)."""
+
+    def __init__(self, name, weights=None, cache_dir=".cache"):
+        super().__init__()
+        pretrained, overlay = resolve_image_weights(name, weights, cache_dir)
+        try:
+            self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0,
+                                              pretrained_cfg_overlay=overlay)
+        except (OSError, RuntimeError) as err:
+            if not pretrained:
+                raise
+            raise ModelNotFoundError(
+                f"could not load ImageNet weights for {name} ({err}); download them (hub repo timm/{name}) and "
+                f"set model.image_weights to the weight file") from err
+        self.out_dim = self.backbone.num_features
+        cfg = self.backbone.pretrained_cfg
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self.weights_hash = hash_state(self.backbone)  # of the starting weights, before any training
+        self.train()
+
+    def train(self, mode=True):
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
+        return self
+
+    def forward(self, images):
+        return self.backbone(images)
+
+
+class TextEncoder(nn.Module):
+    """Frozen transformer text encoder; a caption's feature is the last layer's [CLS] vector (no pooler)."""
+
+    def __init__(self, name, max_length=77):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        path = resolve_text_encoder(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ModelNotFoundError(text_encoder_hint(name)) from err
+        self.name, self.max_length = name, max_length
+        self.hidden_size = self.model.config.hidden_size
+        self.weights_hash = hash_state(self.model)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, captions):
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        return self.model(**tokens).last_hidden_state[:, 0].float()
+
+    def encode(self, captions, batch_size=256, progress=True):
+        """Features of many captions, batched, on the CPU."""
+        batches = range(0, len(captions), batch_size)
+        feats = [self(captions[i:i + batch_size]).cpu()
+                 for i in tqdm(batches, desc="encoding captions", disable=not progress, leave=False)]
+        return torch.cat(feats)
+
+
+class ProjectionHead(nn.Module):
+    """p = W1 x + b1;  h = LayerNorm(p + Dropout(W2 GELU(p) + b2))."""
+
+    def __init__(self, in_dim, out_dim, dropout=0.1):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.fc = nn.Linear(out_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x):
+        p = self.proj(x)
+        return self.norm(p + self.dropout(self.fc(nn.functional.gelu(p))))

@@ -1,0 +1,47 @@
+"""Everything a run builds from its config once: splits, cached caption features, transforms, and a
+factory of fresh students. Shared by buffer.py and evaluate.py (and later distillation)."""
+import copy
+
+import torch
+
+from data.annotations import load_split
+from data.images import build_transform
+from data.text_cache import caption_features
+from networks.encoders import ImageTower, TextEncoder
+from networks.student import DualEncoder
+from utils.training import pick_device
+
+
+class RunContext:
+    def __init__(self, cfg, splits=("train", "test"), device=None, log=print):
+        self.cfg, self.log = cfg, log
+        data, model = cfg["data"], cfg["model"]
+        self.device = device or pick_device(cfg.get("device", "auto"))
+        self.cache_dir = cfg.get("cache_dir", ".cache")
+        self.splits = {name: load_split(data, name) for name in splits}
+        self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
+        self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)
+        self.image_size = data["image_size"]
+        mean, std = self._image_tower.mean, self._image_tower.std
+        self.test_transform = build_transform(self.image_size, mean, std, train=False)
+        self.train_transform = build_transform(self.image_size, mean, std, train=True,
+                                               randaugment=data.get("randaugment", False))
+        self.features = {name: caption_features(split, self.text_encoder, self.cache_dir, log)
+                         for name, split in self.splits.items()}
+
+    def new_student(self, seed):
+        """A fresh student: the pretrained image tower and a text head initialised from `seed`."""
+        torch.manual_seed(seed)
+        model = self.cfg["model"]
+        student = DualEncoder(copy.deepcopy(self._image_tower), self.text_encoder.hidden_size,
+                              model.get("temperature", 0.07), model.get("text_dropout", 0.1))
+        return student.to(self.device)
+
+    def identity(self):
+        """What a trajectory or distilled set made in this run depends on; checked when it is reused."""
+        return {"image_encoder": self.cfg["model"]["image_encoder"],
+                "image_weights": self._image_tower.weights_hash,
+                "text_encoder": str(self.cfg["model"]["text_encoder"]),
+                "text_weights": self.text_encoder.weights_hash,
+                "image_size": self.image_size,
+                "dataset": self.cfg["data"]["name"]}

@@ -1,0 +1,116 @@
+"""Expert trajectories (METHOD §3): train fresh students on the real data and save θ every epoch.
+
+Resumable: finished experts are kept, an interrupted one (a temporary file, never a final one) is redone.
+Under `torchrun --nproc-per-node G`, expert i is trained by rank i mod G.
+"""
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from utils.config import save_config
+from utils.context import RunContext
+from utils.io import remove_stale_temporaries
+from utils.trajectories import check_compatible, expert_files, expert_path, read_metadata, save_expert
+from utils.training import cached_text_source, evaluate_retrieval, pair_loader, student_optimizer, train_epoch
+
+
+def expert_seed(base_seed, index):
+    """Distinct, reproducible seed per expert (an expert redone after a crash is the same expert)."""
+    return base_seed * 100_003 + index
+
+
+def experts_of_rank(num_experts, rank, world_size):
+    return list(range(rank, num_experts, world_size))
+
+
+def run_buffer(cfg, log=tqdm.write):
+    """Train the experts of this process's shard; return {index: metadata} of all finished experts."""
+    bcfg = cfg["buffer"]
+    out_dir = Path(bcfg["out_dir"])
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = None
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    try:
+        if rank > 0:
+            dist.barrier()  # rank 0 checks the folder and builds the caches first
+        ctx = RunContext(cfg, splits=("train", "test"), device=device, log=log)
+        identity = {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint,
+                    "epochs": bcfg["epochs"], "dtype": bcfg.get("dtype", "fp32")}
+        layouts = ctx.new_student(0).layouts()
+        if rank == 0:
+            _check_existing(out_dir, identity, layouts)
+            remove_stale_temporaries(out_dir)
+            save_config(cfg, out_dir / "config.yaml")
+            if world > 1:
+                dist.barrier()
+        todo = [i for i in experts_of_rank(bcfg["num_experts"], rank, world)
+                if not expert_path(out_dir, i).is_file()]
+        log(f"buffer: {bcfg['num_experts']} experts × {bcfg['epochs']} epochs in {out_dir}; "
+            f"{len(todo)} to train on {ctx.device}" + (f" (rank {rank} of {world})" if world > 1 else ""))
+        for index in tqdm(todo, desc=f"experts (rank {rank})", disable=len(todo) < 2):
+            train_expert(ctx, index, identity, layouts, out_dir, log)
+        if world > 1:
+            dist.barrier()
+        return {int(p.stem.split("_")[1]): read_metadata(p) for p in expert_files(out_dir)}
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _check_existing(out_dir, identity, layouts):
+    """Before anything is written: every expert already there must come from the same settings."""
+    for path in expert_files(out_dir):
+        check_compatible(read_metadata(path), identity, layouts, path)
+
+
+def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert"):
+    """Train a fresh student with the expert recipe (SGD, per-tower lr, InfoNCE) for buffer.epochs;
+    `on_epoch(epoch, student, loss)` runs after init (epoch 0, loss None) and after every epoch."""
+    bcfg, split = ctx.cfg["buffer"], ctx.splits["train"]
+    student = ctx.new_student(seed)
+    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
+    transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
+    loader = pair_loader(split, transform, bcfg["batch_size"], seed, ctx.cfg["data"].get("num_workers", 0))
+    text_source = cached_text_source(ctx.features["train"], ctx.device)
+    on_epoch(0, student, None)
+    for epoch in range(1, bcfg["epochs"] + 1):
+        loss = train_epoch(student, loader, text_source, optimizer, ctx.device, desc=f"{name} epoch {epoch}")
+        line = on_epoch(epoch, student, loss)
+        log(f"{name} epoch {epoch}/{bcfg['epochs']}: train loss {loss:.4f}" + (line or ""))
+    return student
+
+
+def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
+    """Train expert `index` and write its trajectory file (atomically, at the end)."""
+    bcfg = ctx.cfg["buffer"]
+    seed = expert_seed(bcfg.get("seed", 0), index)
+    snapshots, losses, recalls = {tower: [] for tower in layouts}, [], {}
+    eval_every = bcfg.get("eval_every", 0)
+
+    def record(epoch, student, loss):
+        for tower, theta in student.flatten().items():
+            snapshots[tower].append(theta.cpu())
+        if loss is not None:
+            losses.append(loss)
+        if eval_every and (epoch % eval_every == 0 or epoch == bcfg["epochs"]):
+            recalls[epoch] = _test_recall(ctx, student)
+            return f", test mean recall {recalls[epoch]['mean']:.2f}"
+
+    start = time.time()
+    fit_expert(ctx, seed, record, log, name=f"expert {index}")
+    metadata = {**identity, "expert": index, "seed": seed, "train_loss": losses,
+                "test_recall": recalls, "seconds": round(time.time() - start, 1), "config": ctx.cfg}
+    metadata.update({f"layout_{tower}": layout for tower, layout in layouts.items()})
+    save_expert(expert_path(out_dir, index), snapshots, metadata, bcfg.get("dtype", "fp32"))
+
+
+def _test_recall(ctx, student):
+    return evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device)

@@ -1,0 +1,64 @@
+"""Training and evaluating a student on real pairs: the loops shared by experts and evaluation."""
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.images import ImageDataset, PairDataset
+from utils.losses import infonce
+from utils.metrics import retrieval_recall
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def student_optimizer(student, lr_image, lr_text, momentum=0.0, weight_decay=0.0):
+    """SGD with one parameter group per tower, each with its own learning rate."""
+    groups = [{"params": [p for p in student.image.parameters() if p.requires_grad], "lr": lr_image},
+              {"params": list(student.text.parameters()), "lr": lr_text}]
+    return torch.optim.SGD(groups, lr=lr_image, momentum=momentum, weight_decay=weight_decay)
+
+
+def pair_loader(split, transform, batch_size, seed, num_workers=0):
+    """Shuffled train view (one item per caption), in an order fixed by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(PairDataset(split, transform), batch_size=batch_size, shuffle=True, drop_last=False,
+                      generator=generator, num_workers=num_workers, persistent_workers=False)
+
+
+def train_epoch(student, loader, text_source, optimizer, device, desc="train"):
+    """One epoch of symmetric InfoNCE; `text_source(caption_indices)` gives the batch's text features.
+
+    Returns the mean training loss.
+    """
+    student.train()
+    total, count = 0.0, 0
+    for images, captions in tqdm(loader, desc=desc, leave=False):
+        logits = student(images.to(device, non_blocking=True), text_source(captions))
+        loss = infonce(logits)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: training loss became {loss.item()}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(captions)
+        count += len(captions)
+    return total / count
+
+
+def cached_text_source(features, device):
+    """Look a batch's caption features up in the cache (moved to `device` once)."""
+    features = features.to(device)
+    return lambda caption_indices: features[caption_indices.to(device)]
+
+
+@torch.no_grad()
+def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
+    """TR/IR recall of `student` on `split`, with all of its captions."""
+    student.eval()
+    loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, num_workers=num_workers)
+    images = torch.cat([student.encode_image(x.to(device)) for x, _ in loader])
+    texts = torch.cat([student.encode_text(chunk.to(device)) for chunk in text_features.split(batch_size)])
+    return retrieval_recall(images @ texts.t(), split.caption_image)
