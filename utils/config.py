@@ -6,6 +6,7 @@
 """
 import argparse
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -15,13 +16,27 @@ class ConfigError(ValueError):
     pass
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _parse(text):
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path, overrides=()):
     """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = _parse(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(cfg, dict):
@@ -43,14 +58,14 @@ def set_dotted(cfg, dotted_key, raw_value, source="config"):
     if leaf not in node:
         known = ", ".join(sorted(node)) or "none"
         raise ConfigError(f"unknown config key '{dotted_key}' ({source}); known keys here: {known}")
-    node[leaf] = yaml.safe_load(raw_value) if isinstance(raw_value, str) else raw_value
+    node[leaf] = _parse(raw_value) if isinstance(raw_value, str) else raw_value
 
 
 def parse_args(argv=None, description=None, extra=None):
     """Parse `--config FILE` plus dotted overrides; `extra(parser)` may add script-specific flags.
 
     Returns (cfg, args). Flags the script declares are parsed by argparse; everything else of the
-    form `--a.b value` (or `--a.b=value`) is an override of the YAML config.
+    form `--a.b value`, `--a.b=value` or `--key value` is an override of the YAML config.
     """
     parser = argparse.ArgumentParser(
         description=description,
@@ -63,7 +78,7 @@ def parse_args(argv=None, description=None, extra=None):
     i = 0
     while i < len(rest):
         token = rest[i]
-        if not token.startswith("--") or "." not in token:
+        if not token.startswith("--"):
             parser.error(f"unrecognised argument {token!r} (overrides look like --section.key value)")
         if "=" in token:
             key, value = token[2:].split("=", 1)

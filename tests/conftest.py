@@ -1,0 +1,83 @@
+"""Shared fixtures: hand-made tiny datasets, and a small slice of the real Tux Paint data with the real
+offline encoders (EfficientNet-Lite0 + MiniLM) at 32 px."""
+import copy
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id must fail at once, not after retries
+
+TUXPAINT = ROOT / "datasets" / "tuxpaint"
+
+
+def write_images(folder, names, size=(20, 16)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for name in names:
+        color = tuple(rng.randrange(256) for _ in range(3))
+        Image.new("RGB", size, color).save(folder / name)
+
+
+@pytest.fixture
+def handmade(tmp_path):
+    """Five images with 1–3 captions each, as a Karpathy file and as BLIP-style per-split files."""
+    images = {"a.png": ("train", ["A dog runs.", "The dog: running!"]),
+              "b.png": ("train", ["A red (big) ball"]),
+              "c.png": ("restval", ["Two cats; sleeping", "cats", "a cat pair"]),
+              "d.png": ("val", ["A tree."]),
+              "e.png": ("test", ["A house", "a small house"])}
+    write_images(tmp_path / "img", images)
+    karpathy = {"images": [{"filename": f, "split": s, "sentences": [{"raw": c} for c in caps]}
+                           for f, (s, caps) in images.items()]}
+    (tmp_path / "karpathy.json").write_text(json.dumps(karpathy))
+    blip_train = [{"image": f, "caption": c, "image_id": f}
+                  for f, (s, caps) in images.items() if s in ("train", "restval") for c in caps]
+    (tmp_path / "blip_train.json").write_text(json.dumps(blip_train))
+    for split in ("val", "test"):
+        entries = [{"image": f, "caption": caps} for f, (s, caps) in images.items() if s == split]
+        (tmp_path / f"blip_{split}.json").write_text(json.dumps(entries))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tux_slice(tmp_path_factory):
+    """A Karpathy file over 24 train / 8 val / 8 test real Tux Paint images."""
+    source = TUXPAINT / "dataset_tuxpaint.json"
+    if not source.is_file():
+        pytest.fail(f"{source} missing: run `make data` (python -m data.tuxpaint --out datasets/tuxpaint) first")
+    images = json.loads(source.read_text())["images"]
+    keep, quota = [], {"train": 24, "val": 8, "test": 8}
+    for entry in images:
+        if quota.get(entry["split"], 0) > 0:
+            quota[entry["split"]] -= 1
+            keep.append(entry)
+    path = tmp_path_factory.mktemp("tux") / "dataset_tuxslice.json"
+    path.write_text(json.dumps({"images": keep}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One cache folder for the session: converted weights and text features are built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_cfg(tux_slice, shared_cache, tmp_path):
+    """The demo config shrunk to seconds: 32 px, 2 experts × 2 epochs, batch 8."""
+    import yaml
+    cfg = yaml.safe_load((ROOT / "configs" / "tuxpaint" / "buffer.yaml").read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
+                       image_size=32)
+    cfg["buffer"].update(out_dir=str(tmp_path / "buffer"), num_experts=2, epochs=2, batch_size=8, eval_every=1)
+    cfg["cache_dir"] = str(shared_cache)
+    cfg["device"] = "cpu"
+    return cfg

@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from utils.config import ConfigError, load_config, parse_args
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 10, "lr": 0.1, "augment": True, "name": "x"},
+                                    "seed": 0}))
+    return path
+
+
+def test_overrides_are_typed_like_yaml(cfg_file):
+    cfg, _ = parse_args(["--config", str(cfg_file), "--train.epochs", "3", "--train.augment", "false",
+                         "--train.lr=1e-3", "--train.name", "null", "--seed", "7"])
+    assert cfg["train"] == {"epochs": 3, "lr": 1e-3, "augment": False, "name": None}
+    assert cfg["seed"] == 7
+
+
+def test_boolean_false_is_false_not_truthy_string(cfg_file):
+    cfg = load_config(cfg_file, [("train.augment", "False")])
+    assert cfg["train"]["augment"] is False
+
+
+def test_unknown_key_is_an_error_naming_the_key(cfg_file):
+    with pytest.raises(ConfigError, match=r"train\.epoch'.*known keys here: augment, epochs, lr, name"):
+        load_config(cfg_file, [("train.epoch", "3")])
+    with pytest.raises(ConfigError, match="unknown config section 'trian'"):
+        load_config(cfg_file, [("trian.epochs", "3")])
+
+
+def test_missing_and_invalid_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("lr: 1e-2\nlr_img: 1E3\nname: e5\n")
+    cfg = load_config(path, [("lr_img", "5e+2")])
+    assert cfg == {"lr": 0.01, "lr_img": 500.0, "name": "e5"}
