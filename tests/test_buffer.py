@@ -127,3 +127,21 @@ def test_evaluate_reports_start_and_trained_snapshots(tiny_cfg, tmp_path, monkey
     cfg_file.write_text(yaml.safe_dump({**tiny_cfg, "data": {**tiny_cfg["data"], "image_size": 40}}))
     with pytest.raises(TrajectoryError, match="image_size = 32, but this run uses 40"):
         evaluate.main(["--config", str(cfg_file), "--expert", str(path)])
+
+
+def test_torchrun_shards_experts_over_processes(tiny_cfg, tmp_path):
+    import subprocess
+    import sys
+    import yaml
+    tiny_cfg["buffer"].update(num_experts=3, epochs=1, eval_every=0)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_cfg))
+    root = Path(evaluate.__file__).parent
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          str(root / "buffer.py"), "--config", str(cfg_file)],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "rank 0 of 2" in run.stdout and "rank 1 of 2" in run.stdout
+    metas = [load_expert(p)[1] for p in expert_files(tiny_cfg["buffer"]["out_dir"])]
+    assert [m["expert"] for m in metas] == [0, 1, 2]
+    assert len({m["seed"] for m in metas}) == 3

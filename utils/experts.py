@@ -28,7 +28,7 @@ def experts_of_rank(num_experts, rank, world_size):
 
 
 def run_buffer(cfg, log=tqdm.write):
-    """Train the experts of this process's shard; return {index: metadata} of all finished experts."""
+    """Train the experts of this process's shard; on rank 0, return {index: metadata} of all finished experts."""
     bcfg = cfg["buffer"]
     out_dir = Path(bcfg["out_dir"])
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -59,6 +59,8 @@ def run_buffer(cfg, log=tqdm.write):
             train_expert(ctx, index, identity, layouts, out_dir, log)
         if world > 1:
             dist.barrier()
+        if rank > 0:
+            return {}
         return {int(p.stem.split("_")[1]): read_metadata(p) for p in expert_files(out_dir)}
     finally:
         if world > 1:
