@@ -41,29 +41,16 @@ def build_transform(image_size, mean, std, train=False, randaugment=False):
     return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-class PairDataset(Dataset):
-    """One item per caption: (image tensor, caption index)."""
+class SplitImages(Dataset):
+    """Images of a split as (image tensor, index): one item per caption (the train view, index = caption)
+    or one per image (the eval view, index = image)."""
 
-    def __init__(self, split, transform):
+    def __init__(self, split, transform, per_caption):
         self.split, self.transform = split, transform
+        self.image_of = split.caption_image if per_caption else range(len(split.image_paths))
 
     def __len__(self):
-        return len(self.split.captions)
-
-    def __getitem__(self, caption):
-        path = self.split.image_paths[self.split.caption_image[caption]]
-        return self.transform(load_image(path)), caption
-
-
-class ImageDataset(Dataset):
-    """One item per image: (image tensor, image index)."""
-
-    def __init__(self, split, transform):
-        self.split, self.transform = split, transform
-
-    def __len__(self):
-        return len(self.split.image_paths)
+        return len(self.image_of)
 
     def __getitem__(self, index):
-        return self.transform(load_image(self.split.image_paths[index])), index
-
+        return self.transform(load_image(self.split.image_paths[self.image_of[index]])), index

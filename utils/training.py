@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.images import ImageDataset, PairDataset
+from data.images import SplitImages
 from utils.losses import infonce
 from utils.metrics import retrieval_recall
 
@@ -24,8 +24,8 @@ def student_optimizer(student, lr_image, lr_text, momentum=0.0, weight_decay=0.0
 def pair_loader(split, transform, batch_size, seed, num_workers=0):
     """Shuffled train view (one item per caption), in an order fixed by `seed`."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(PairDataset(split, transform), batch_size=batch_size, shuffle=True, drop_last=False,
-                      generator=generator, num_workers=num_workers, persistent_workers=False)
+    return DataLoader(SplitImages(split, transform, per_caption=True), batch_size=batch_size, shuffle=True,
+                      generator=generator, num_workers=num_workers)
 
 
 def train_epoch(student, loader, text_source, optimizer, device, desc="train"):
@@ -58,7 +58,7 @@ def cached_text_source(features, device):
 def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
     """TR/IR recall of `student` on `split`, with all of its captions."""
     student.eval()
-    loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(SplitImages(split, transform, per_caption=False), batch_size=batch_size, num_workers=num_workers)
     images = torch.cat([student.encode_image(x.to(device)) for x, _ in loader])
     texts = torch.cat([student.encode_text(chunk.to(device)) for chunk in text_features.split(batch_size)])
     return retrieval_recall(images @ texts.t(), split.caption_image)
