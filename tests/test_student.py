@@ -102,3 +102,14 @@ def test_converted_efficientnet_weights_classify_real_photos(shared_cache, relpa
     with torch.no_grad():
         top = model(x[None]).argmax().item()
     assert top in imagenet_classes
+
+
+def test_missing_models_say_what_to_download_and_which_key_to_set(tmp_path, shared_cache):
+    from networks.encoders import TextEncoder
+    from networks.weights import ModelNotFoundError
+    with pytest.raises(ModelNotFoundError, match=r"text encoder 'no-such-org/no-such-bert' is not available offline: "
+                                                 r"download it .* and set model\.text_encoder"):
+        TextEncoder("no-such-org/no-such-bert")
+    with pytest.raises(ModelNotFoundError, match=r"weights .*nfnet\.safetensors not found: download .*nfnet_l0.*"
+                                                 r"model\.image_weights"):
+        ImageTower("nfnet_l0", str(tmp_path / "nfnet.safetensors"), shared_cache)

@@ -68,7 +68,7 @@ def parse_args(argv=None, description=None, extra=None):
     form `--a.b value`, `--a.b=value` or `--key value` is an override of the YAML config.
     """
     parser = argparse.ArgumentParser(
-        description=description,
+        description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any config key can be overridden with --section.key value, e.g. --train.epochs 3.")
     parser.add_argument("--config", required=True, help="YAML config file")
     if extra:

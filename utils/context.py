@@ -28,6 +28,7 @@ class RunContext:
                                                randaugment=data.get("randaugment", False))
         self.features = {name: caption_features(split, self.text_encoder, self.cache_dir, log)
                          for name, split in self.splits.items()}
+        self.text_encoder.cpu()  # frozen and cached: keep it off the accelerator from here on
 
     def new_student(self, seed):
         """A fresh student: the pretrained image tower and a text head initialised from `seed`."""

@@ -1,4 +1,6 @@
 """Training and evaluating a student on real pairs: the loops shared by experts and evaluation."""
+import math
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -25,27 +27,30 @@ def pair_loader(split, transform, batch_size, seed, num_workers=0):
     """Shuffled train view (one item per caption), in an order fixed by `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(SplitImages(split, transform, per_caption=True), batch_size=batch_size, shuffle=True,
-                      generator=generator, num_workers=num_workers)
+                      generator=generator, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
 def train_epoch(student, loader, text_source, optimizer, device, desc="train"):
     """One epoch of symmetric InfoNCE; `text_source(caption_indices)` gives the batch's text features.
 
-    Returns the mean training loss.
+    Returns the mean training loss (summed on the device: no synchronisation per step).
     """
     student.train()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for images, captions in tqdm(loader, desc=desc, leave=False):
         logits = student(images.to(device, non_blocking=True), text_source(captions))
         loss = infonce(logits)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: training loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(captions)
+        total += loss.detach() * len(captions)
         count += len(captions)
-    return total / count
+    if count == 0:
+        raise ValueError(f"{desc}: the training loader yielded no batches")
+    mean = (total / count).item()
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"{desc}: training loss became {mean}; lower the learning rate")
+    return mean
 
 
 def cached_text_source(features, device):
