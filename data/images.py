@@ -12,15 +12,20 @@ class ImageReadError(RuntimeError):
     pass
 
 
+def composite_on_white(img):
+    """RGB image with any transparency flattened onto white (cut-out stamps are drawn for a white canvas)."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def load_image(path):
-    """RGB image; transparent images are composited on white (as the Tux Paint stamps need)."""
+    """RGB image; transparent images are composited on white."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                return composite_on_white(img)
             return img.convert("RGB")
     except FileNotFoundError as err:
         raise ImageReadError(f"image {path} not found; check data.image_root or download the images") from err

@@ -20,6 +20,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from data.images import composite_on_white
+
 log = logging.getLogger(__name__)
 
 PACKAGE = "tuxpaint-stamps-default"
@@ -132,13 +134,6 @@ def find_stamps(stamps_root):
 
 
 # ---------------------------------------------------------------- images
-
-def composite_on_white(img):
-    """Flatten transparency onto white (stamps are drawn for a white canvas)."""
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
 
 def downscale(img, max_side):
     """Shrink so the longer side is at most max_side; never upscale."""
