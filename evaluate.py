@@ -63,7 +63,8 @@ def main(argv=None):
     print(f"\n{cfg['data']['name']} {args.split} retrieval (%, {len(ctx.splits[args.split].image_paths)} images)")
     print(format_table(rows))
     if args.out:
-        atomic_write_json(args.out, {"split": args.split, "results": [{"model": m, **r} for m, r in rows]})
+        atomic_write_json(args.out, {"split": args.split, "results": [{"model": m, **r} for m, r in rows],
+                                     "config": cfg})
     return rows
 
 

@@ -1,6 +1,7 @@
 """Expert trajectories on a slice of the real Tux Paint data with the real offline encoders."""
 import copy
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,8 @@ def test_evaluate_reports_start_and_trained_snapshots(tiny_cfg, tmp_path, monkey
     assert rows[1][1]["mean"] == pytest.approx(meta["test_recall"]["2"]["mean"])
     printed = capsys.readouterr().out
     assert "| expert 0, epoch 2 |" in printed and "IR@1" in printed
-    assert (tmp_path / "r.json").is_file()
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["results"][1]["mean"] == pytest.approx(rows[1][1]["mean"]) and saved["config"] == tiny_cfg
     with pytest.raises(SystemExit, match="epochs 0..2; epoch 5 does not exist"):
         evaluate.main(["--config", str(cfg_file), "--expert", str(path), "--epochs", "5"])
     cfg_file.write_text(yaml.safe_dump({**tiny_cfg, "data": {**tiny_cfg["data"], "image_size": 40}}))
