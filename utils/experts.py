@@ -14,7 +14,8 @@ from tqdm import tqdm
 from utils.config import save_config
 from utils.context import RunContext
 from utils.io import remove_stale_temporaries
-from utils.trajectories import check_compatible, expert_files, expert_path, read_metadata, save_expert
+from utils.trajectories import (check_compatible, expert_files, expert_index, expert_path, read_metadata,
+                                save_expert)
 from utils.training import cached_text_source, evaluate_retrieval, pair_loader, student_optimizer, train_epoch
 
 
@@ -61,7 +62,7 @@ def run_buffer(cfg, log=tqdm.write):
             dist.barrier()
         if rank > 0:
             return {}
-        return {int(p.stem.split("_")[1]): read_metadata(p) for p in expert_files(out_dir)}
+        return {expert_index(p): read_metadata(p) for p in expert_files(out_dir)}
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -25,10 +25,14 @@ def expert_path(buffer_dir, index):
     return Path(buffer_dir) / f"expert_{index:03d}.safetensors"
 
 
+def expert_index(path):
+    return int(_NAME.search(Path(path).name).group(1))
+
+
 def expert_files(buffer_dir):
     """Expert files in a buffer folder, by index."""
     files = [p for p in Path(buffer_dir).glob("expert_*.safetensors") if _NAME.search(p.name)]
-    return sorted(files, key=lambda p: int(_NAME.search(p.name).group(1)))
+    return sorted(files, key=expert_index)
 
 
 def save_expert(path, snapshots, metadata, dtype="fp32"):
