@@ -87,14 +87,12 @@ def sync(device):
 def bench_demo(cfg, args):
     """One mode of the demo: `--epochs` full expert epochs with train_epoch, after a short warm-up."""
     from utils.context import RunContext
-    from utils.training import cached_text_source, pair_loader, student_optimizer, train_epoch
+    from utils.experts import expert_setup
+    from utils.training import cached_text_source, train_epoch
 
     ctx = RunContext(cfg, splits=("train",))  # builds the text cache if missing (before memory is counted)
     bcfg, split = cfg["buffer"], ctx.splits["train"]
-    student = ctx.new_student(bcfg.get("seed", 0))
-    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
-    transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
-    loader = pair_loader(split, transform, bcfg["batch_size"], 0, cfg["data"].get("num_workers", 0))
+    student, optimizer, loader = expert_setup(ctx, bcfg.get("seed", 0))
     if args.mode == "cached":
         text_source = cached_text_source(ctx.features["train"], ctx.device)
     else:  # the public pipeline: the frozen encoder (no grad) runs on the batch's caption strings
@@ -145,15 +143,8 @@ def build_text(model_cfg, mode, random_weights, device):
             "".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3)]
         tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
         tokenizer_what = "synthetic 3-letter word tokenizer"
-    bert = BertModel(BertConfig()).to(device).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def encode(captions):  # as TextEncoder.forward: last layer's [CLS] vector
-        tokens = tokenizer(captions, padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt").to(device)
-        return bert(**tokens).last_hidden_state[:, 0].float()
-    encode.tokenizer = tokenizer
-    return encode, bert.config.hidden_size, f"BERT-base (random init; {random_weights}), {tokenizer_what}"
+    encoder = TextEncoder("bert-base (random init)", max_length, BertModel(BertConfig()), tokenizer).to(device)
+    return encoder, encoder.hidden_size, f"BERT-base (random init; {random_weights}), {tokenizer_what}"
 
 
 def bench_model(cfg, args):

