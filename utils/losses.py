@@ -1,9 +1,72 @@
-"""Contrastive losses over a logits matrix Z (rows = images, columns = texts)."""
+"""Contrastive losses over a logits matrix Z (rows = images, columns = texts), with soft targets S.
+
+S is the (block of the) image–text similarity matrix; S = I gives the plain losses. Every loss takes
+(logits, targets) so the distillation inner loop and the students trained on a distilled set share them.
+"""
 import torch
 from torch.nn import functional as F
 
 
-def infonce(logits):
-    """Symmetric InfoNCE ½[CE(Z, I) + CE(Zᵀ, I)]: pair j's image matches pair j's text."""
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+def _eye_like(logits):
+    return torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype)
+
+
+def infonce(logits, targets=None):
+    """½[−mean_j Σ_k S_jk log softmax_k Z_j· − mean_k Σ_j S_jk log softmax_j Z_·k]; S = I: symmetric InfoNCE."""
+    if targets is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    image_to_text = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    text_to_image = -(targets * F.log_softmax(logits, dim=0)).sum(dim=0).mean()
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def wbce(logits, targets):
+    """LoRS's weighted BCE: element-wise BCE of σ(Z) against S, averaged separately over the positives
+    (S > 0.5, a mask without gradient) and the negatives, then ½(pos + neg) so the few positives count
+    as much as the many negatives. Written with log-sigmoid (stable) instead of log(σ(Z) + ε)."""
+    elementwise = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    positive = (targets > 0.5).detach()
+    terms = [elementwise[mask].mean() for mask in (positive, ~positive) if mask.any()]
+    return sum(terms) / len(terms)
+
+
+def bce(logits, targets):
+    """Element-wise BCE of σ(Z) against S, one mean over all pairs."""
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def cwcl(logits, targets, eps=1e-8):
+    """Continuously weighted contrastive loss: soft InfoNCE with each row (image→text) and each column
+    (text→image) of S normalised to sum to one."""
+    rows = targets / targets.sum(dim=1, keepdim=True).clamp_min(eps)
+    cols = targets / targets.sum(dim=0, keepdim=True).clamp_min(eps)
+    image_to_text = -(rows * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    text_to_image = -(cols * F.log_softmax(logits, dim=0)).sum(dim=0).mean()
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def kl(logits, targets, eps=1e-8):
+    """Symmetric KL(q ‖ softmax Z) with q the rows (columns) of max(S, 0) normalised to sum to one."""
+    positive = targets.clamp_min(0)
+    rows = positive / positive.sum(dim=1, keepdim=True).clamp_min(eps)
+    cols = positive / positive.sum(dim=0, keepdim=True).clamp_min(eps)
+    image_to_text = F.kl_div(F.log_softmax(logits, dim=1), rows, reduction="sum") / logits.shape[0]
+    text_to_image = F.kl_div(F.log_softmax(logits, dim=0).t(), cols.t(), reduction="sum") / logits.shape[1]
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def mse(logits, targets):
+    """Mean squared error between σ(Z) and S."""
+    return F.mse_loss(torch.sigmoid(logits), targets)
+
+
+LOSSES = {"infonce": infonce, "wbce": wbce, "bce": bce, "cwcl": cwcl, "kl": kl, "mse": mse}
+
+
+def get_loss(name):
+    """loss(logits, targets) by name; targets default to the identity (one positive per row)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    fn = LOSSES[name]
+    return lambda logits, targets=None: fn(logits, _eye_like(logits) if targets is None else targets)
