@@ -1,0 +1,118 @@
+"""The three meta-gradient modes on a tiny dual encoder (dropout on, low-rank similarity, wbce):
+`exact` equals `unroll`, `tesla` equals them at one step only, and both agree with finite differences."""
+import pytest
+import torch
+from torch import nn
+
+from networks.student import DualEncoder
+from utils.losses import get_loss
+from utils.metagrad import InnerLoop, meta_gradient
+from utils.similarity import Similarity
+
+N, TEXT_DIM, SIZE = 6, 5, 6
+
+
+class TinyTower(nn.Module):
+    out_dim = 7
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, self.out_dim, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+
+def make_problem(steps, dtype=torch.float32, blend=False):
+    """Student, inner loop and learnable tensors of a 6-pair synthetic set, plus an expert segment."""
+    torch.manual_seed(0)
+    student = DualEncoder(TinyTower(), TEXT_DIM, temperature=0.5, dropout=0.1).to(dtype).train()
+    sim = Similarity("lowrank", N, rank=2, alpha=1.0, generator=torch.Generator().manual_seed(1))
+    sim.params["sim_right"] = 0.3 * torch.randn(N, 2)  # away from the all-zero init: every factor matters
+    syn = {"images": torch.randn(N, 3, SIZE, SIZE), "texts": torch.randn(N, TEXT_DIM), **sim.params}
+    syn = {k: v.to(dtype).requires_grad_(True) for k, v in syn.items()}
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randperm(N, generator=gen)[:3] for _ in range(steps)]
+    seeds = torch.randint(2 ** 31, (steps,), generator=gen)
+    inner = InnerLoop(student, get_loss("wbce"), sim, batches, seeds, blend=blend)
+    start = student.flatten()
+    target = {t: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=dtype) for t, v in start.items()}
+    return inner, syn, start, target
+
+
+def run(mode, steps, eta, merge, dtype=torch.float32, blend=False):
+    inner, syn, start, target = make_problem(steps, dtype, blend)
+    lrs = {"image": torch.tensor(eta, dtype=dtype, requires_grad=True),
+           "text": torch.tensor(0.7 * eta, dtype=dtype, requires_grad=True)}
+    loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, steps, merge)
+    return loss, {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("steps", [1, 4, 8])
+@pytest.mark.parametrize("eta", [0.1, 0.5])
+@pytest.mark.parametrize("merge", [False, True])
+def test_exact_equals_unroll(steps, eta, merge):
+    loss_u, unrolled = run("unroll", steps, eta, merge)
+    loss_e, exact = run("exact", steps, eta, merge)
+    assert loss_e.item() == pytest.approx(loss_u.item(), rel=1e-5)
+    assert set(exact) == {"images", "texts", "sim_diag", "sim_left", "sim_right", "lr_image", "lr_text"}
+    for name, g in unrolled.items():
+        assert g.abs().sum() > 0, name
+        assert relative_error(exact[name], g) < 1e-4, name
+
+
+def test_exact_equals_unroll_with_representation_blending():
+    _, unrolled = run("unroll", 4, 0.5, False, blend=True)
+    _, exact = run("exact", 4, 0.5, False, blend=True)
+    for name, g in unrolled.items():
+        assert relative_error(exact[name], g) < 1e-4, name
+
+
+def test_tesla_is_exact_at_one_step_and_a_surrogate_beyond():
+    _, unrolled = run("unroll", 1, 0.5, False)
+    _, tesla = run("tesla", 1, 0.5, False)
+    for name, g in unrolled.items():
+        assert relative_error(tesla[name], g) < 1e-4, name
+    _, unrolled = run("unroll", 8, 0.5, False)
+    _, tesla = run("tesla", 8, 0.5, False)
+    errors = {name: relative_error(tesla[name], g) for name, g in unrolled.items()}
+    assert errors["images"] > 1e-2 and errors["texts"] > 1e-2, errors
+
+
+def test_dropout_is_replayed_when_a_step_is_rebuilt():
+    inner, syn, start, _ = make_problem(2)
+    first, second = inner(1, start, syn), inner(1, start, syn)
+    assert torch.equal(first, second)
+    other = inner(0, start, syn)  # another step: another batch and another dropout mask
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("mode", ["exact", "unroll"])
+def test_gradients_match_finite_differences(mode):
+    steps, eta = 3, 0.3
+    _, grads = run(mode, steps, eta, False, dtype=torch.float64)
+    inner, syn, start, target = make_problem(steps, torch.float64)
+    lrs = {"image": torch.tensor(eta, dtype=torch.float64), "text": torch.tensor(0.7 * eta, dtype=torch.float64)}
+    gen = torch.Generator().manual_seed(3)
+    for name in ("images", "texts"):
+        direction = torch.randn(syn[name].shape, generator=gen, dtype=torch.float64)
+        h = 1e-5
+
+        def loss_at(shift):
+            shifted = {k: (v + shift * direction if k == name else v).detach() for k, v in syn.items()}
+            loss, _, _ = meta_gradient("unroll", inner, start, target, lrs, shifted, steps)
+            return loss.item()
+
+        numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+        analytic = (grads[name] * direction).sum().item()
+        assert analytic == pytest.approx(numeric, rel=1e-5), name
+
+
+def test_unknown_mode_is_refused():
+    inner, syn, start, target = make_problem(1)
+    with pytest.raises(ValueError, match="unroll, tesla, exact"):
+        meta_gradient("second-order", inner, start, target, {"image": 0.1, "text": 0.1}, syn, 1)

@@ -1,0 +1,132 @@
+"""Meta-gradients of trajectory matching (METHOD §4): one interface, three modes.
+
+The inner loop runs K SGD steps of a student from θ_0 on synthetic minibatches,
+θ_{i+1} = θ_i − η ∇θ ℓ_i(θ_i) (per tower, each with its own η), and the outer loss compares θ_K with
+the expert's θ*: L = Σ_towers ‖θ_K − θ*‖² / D, D = ‖θ_0 − θ*‖² per tower (or one D over both towers
+with `merge`). We need ∂L/∂ of every synthetic tensor and of the learning rates.
+
+- `unroll`: autograd through all K steps. Exact; memory grows with K (MTT-VL).
+- `exact`: run the K steps without a graph, keep θ_0 … θ_{K−1}, then go back with the adjoint
+  λ_K = ∂L/∂θ_K = 2(θ_K − θ*)/D. Step i's graph is rebuilt from θ_i, and one vector–Jacobian product of
+  Σ_t η_t g_i^t·λ_{i+1}^t gives the synthetic tensors' share (times −1) and H_i λ, so that
+  λ_i = λ_{i+1} − H_i λ_{i+1}; ∂L/∂η_t += −g_i^t·λ_{i+1}^t. Equals `unroll` up to rounding, one graph at a time.
+- `tesla`: the same with λ frozen at λ_K (TESLA's first-order surrogate: it drops how step i changes the
+  later steps' gradients). Its η gradient is then exactly the closed form of L(η) = ‖θ_0 − ηG − θ*‖²/D.
+
+`step_loss(i, thetas, syn)` computes inner step i's loss from the tower vectors `thetas` and the synthetic
+tensors `syn`; it must replay step i's randomness (dropout, blending) identically every time it is called.
+"""
+import torch
+
+MODES = ("unroll", "tesla", "exact")
+
+
+def normalisers(theta_start, theta_target, merge=False):
+    """{tower: D}: each tower's squared distance from start to target (or their sum for every tower)."""
+    dist = {t: (theta_start[t] - theta_target[t]).pow(2).sum() for t in theta_start}
+    if merge:
+        total = sum(dist.values())
+        return {t: total for t in dist}
+    return dist
+
+
+def matching_loss(theta_end, theta_target, denominators):
+    return sum((theta_end[t] - theta_target[t]).pow(2).sum() / denominators[t] for t in theta_end)
+
+
+def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, num_steps, merge=False,
+                  offload=False):
+    """(L, {name: ∂L/∂syn[name]}, {tower: ∂L/∂lrs[tower]}) for one trajectory segment.
+
+    theta_start, theta_target: {tower: flat θ}; lrs: {tower: scalar tensor}; syn: {name: tensor}.
+    `offload` keeps the stored θ_i in host memory (exact/tesla on a GPU: device memory flat in K).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown meta-gradient mode {mode!r}; choose one of {', '.join(MODES)}")
+    theta_start = {t: v.detach() for t, v in theta_start.items()}
+    theta_target = {t: v.detach() for t, v in theta_target.items()}
+    denominators = normalisers(theta_start, theta_target, merge)
+    if mode == "unroll":
+        return _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators)
+    return _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators,
+                    frozen=(mode == "tesla"), offload=offload)
+
+
+def _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators):
+    thetas = {t: v.clone().requires_grad_(True) for t, v in theta_start.items()}
+    for i in range(num_steps):
+        loss = step_loss(i, thetas, syn)
+        grads = torch.autograd.grad(loss, list(thetas.values()), create_graph=True)
+        thetas = {t: thetas[t] - lrs[t] * g for t, g in zip(thetas, grads)}
+    outer = matching_loss(thetas, theta_target, denominators)
+    leaves = {**{("syn", k): v for k, v in syn.items()}, **{("lr", t): v for t, v in lrs.items()}}
+    wanted = [k for k, v in leaves.items() if v.requires_grad]
+    grads = dict(zip(wanted, torch.autograd.grad(outer, [leaves[k] for k in wanted], allow_unused=True)
+                     if wanted else []))
+    grads = {k: torch.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in leaves.items()}
+    return (outer.detach(), {k: grads["syn", k] for k in syn}, {t: grads["lr", t] for t in lrs})
+
+
+def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators, frozen, offload):
+    eta = {t: lr.detach() for t, lr in lrs.items()}
+    detached_syn = {k: v.detach() for k, v in syn.items()}
+    stored, thetas = [], theta_start
+    for i in range(num_steps):  # pass 1: the inner loop, no graph to the synthetic tensors
+        stored.append({t: v.cpu() for t, v in thetas.items()} if offload else thetas)
+        leaves = {t: v.detach().requires_grad_(True) for t, v in thetas.items()}
+        grads = torch.autograd.grad(step_loss(i, leaves, detached_syn), list(leaves.values()))
+        thetas = {t: leaves[t].detach() - eta[t] * g for t, g in zip(leaves, grads)}
+    outer = matching_loss(thetas, theta_target, denominators)
+    adjoint = {t: 2 * (thetas[t] - theta_target[t]) / denominators[t] for t in thetas}
+
+    syn_grads = {k: torch.zeros_like(v) for k, v in syn.items()}
+    lr_grads = {t: torch.zeros_like(lr) for t, lr in lrs.items()}
+    wanted = [k for k, v in syn.items() if v.requires_grad]
+    for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
+        device = theta_start[next(iter(theta_start))].device
+        leaves = {t: v.to(device).requires_grad_(True) for t, v in stored[i].items()}
+        grads = torch.autograd.grad(step_loss(i, leaves, syn), list(leaves.values()), create_graph=True)
+        for t, g in zip(leaves, grads):
+            lr_grads[t] -= (g.detach() * adjoint[t]).sum()
+        weighted = sum(eta[t] * (g * adjoint[t]).sum() for t, g in zip(leaves, grads))
+        inputs = [syn[k] for k in wanted] + ([] if frozen else list(leaves.values()))
+        vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
+        for k, g in zip(wanted, vjp):
+            if g is not None:
+                syn_grads[k] -= g
+        if not frozen:
+            for t, h_lambda in zip(leaves, vjp[len(wanted):]):
+                if h_lambda is not None:
+                    adjoint[t] = adjoint[t] - h_lambda
+    return outer, syn_grads, lr_grads
+
+
+class InnerLoop:
+    """`step_loss` of the student's inner loop: step i trains on synthetic minibatch `batches[i]` with the
+    similarity block as targets, under its own random seed `seeds[i]` (dropout, blending), so a step
+    rebuilt in the backward pass is the very step of the forward pass."""
+
+    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False):
+        self.student, self.loss_fn, self.similarity = student, loss_fn, similarity
+        self.batches, self.seeds, self.blend = batches, [int(s) for s in seeds], blend
+
+    def __call__(self, i, thetas, syn):
+        idx = self.batches[i]
+        device = syn["images"].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seeds[i])
+            images = self.student.encode_image(syn["images"][idx], thetas["image"])
+            texts = self.student.encode_text(syn["texts"][idx], thetas["text"])
+            targets = self.similarity.block(idx.to(device), syn)
+            if self.blend:
+                images, texts, targets = blend_representations(images, texts, targets)
+            return self.loss_fn(images @ texts.t() / self.student.temperature, targets)
+
+
+def blend_representations(images, texts, targets):
+    """RepBlend: mix each pair's image and text features with those of a permuted pair, with one
+    λ ~ Beta(1, 1) for both modalities; targets mix alike, S' = λS + (1−λ) S[π][:, π]."""
+    lam = torch.rand((), device=images.device)
+    perm = torch.randperm(images.shape[0], device=images.device)
+    mix = lambda x: torch.nn.functional.normalize(lam * x + (1 - lam) * x[perm], dim=-1)
+    return mix(images), mix(texts), lam * targets + (1 - lam) * targets[perm][:, perm]

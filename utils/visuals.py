@@ -1,0 +1,112 @@
+"""Pictures of a distilled set, to look at rather than to compute with: the synthetic images with their
+captions as one grid, and the learned image–text similarity matrix as a heat map. Both are PNGs written
+atomically, so a crash never leaves a half-drawn file where a finished one is expected."""
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from utils.io import atomic_path
+
+CAPTION_LINES = 3  # lines of caption under each tile; longer captions end in an ellipsis
+FONT_SIZE = 10
+
+
+def to_uint8(images, mean, std):
+    """(N,3,H,W) normalised floats -> (N,H,W,3) uint8 pixels; values outside the image range are clamped."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (N,3,H,W), got {tuple(images.shape)}")
+    x = images.detach().cpu().double()
+    mean = torch.as_tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    pixels = ((x * std + mean) * 255).clamp(0, 255).round()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow < 10.1: bitmap font only
+        return ImageFont.load_default()
+
+
+def _wrap(text, font, width, max_lines=CAPTION_LINES):
+    """Greedy word wrap to `width` pixels; words longer than a line are cut; extra lines become '…'."""
+    ellipsis = "…" if isinstance(font, ImageFont.FreeTypeFont) else "..."  # bitmap font: latin-1 only
+    fits = lambda s: font.getlength(s) <= width  # noqa: E731
+    lines, line = [], ""
+    for word in str(text).split():
+        while not fits(word):  # break an overlong word after the last character that fits
+            cut = 1
+            while fits(word[:cut + 1]):
+                cut += 1
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        candidate = f"{line} {word}" if line else word
+        if fits(candidate):
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and not fits(last + ellipsis):
+            last = last[:-1]
+        lines = lines[:max_lines - 1] + [last.rstrip() + ellipsis]
+    return lines
+
+
+def save_grid(path, images_uint8, captions, columns=10, tile=96):
+    """One PNG: each image resized to tile×tile, its caption in small text below, on white."""
+    images = np.asarray(images_uint8)
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images of shape (N,H,W,3), got {images.dtype} {images.shape}")
+    captions = list(captions)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if len(images) == 0:
+        raise ValueError("no images to draw")
+    font, pad = _font(), 4
+    line_h = font.getbbox("Ag")[3] + 2
+    cell_w, cell_h = tile + 2 * pad, tile + 2 * pad + CAPTION_LINES * line_h
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (pixels, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
+        img = Image.fromarray(pixels)
+        # nearest keeps a small synthetic image's pixels crisp; bilinear avoids aliasing when shrinking
+        upscale = img.width <= tile and img.height <= tile
+        sheet.paste(img.resize((tile, tile), Image.NEAREST if upscale else Image.BILINEAR), (x, y))
+        for k, line in enumerate(_wrap(caption, font, tile)):
+            draw.text((x, y + tile + 2 + k * line_h), line, fill="black", font=font)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def save_heatmap(path, matrix, title):
+    """PNG heat map of a 2-D matrix (rows = images, columns = texts), colour scale from its own min to max."""
+    m = matrix.detach().cpu().double().numpy() if torch.is_tensor(matrix) else np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"expected a non-empty 2-D matrix, got shape {m.shape}")
+    fig = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # sequential map: the matrix starts at the identity, so 0 is not a meaningful centre;
+    # antialiased: at N ~ 1000 cells are smaller than pixels, and nearest sampling would drop some
+    im = ax.imshow(m, cmap="viridis", vmin=np.nanmin(m), vmax=np.nanmax(m),
+                   aspect="auto", interpolation="antialiased")
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("text")
+    ax.set_ylabel("image")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
