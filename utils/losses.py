@@ -46,11 +46,12 @@ def cwcl(logits, targets, eps=1e-8):
     return 0.5 * (image_to_text + text_to_image)
 
 
-def kl(logits, targets, eps=1e-8):
-    """Symmetric KL(q ‖ softmax Z) with q the rows (columns) of max(S, 0) normalised to sum to one."""
-    positive = targets.clamp_min(0)
-    rows = positive / positive.sum(dim=1, keepdim=True).clamp_min(eps)
-    cols = positive / positive.sum(dim=0, keepdim=True).clamp_min(eps)
+def kl(logits, targets, eps=1e-6):
+    """Symmetric KL(q ‖ softmax Z) with q the rows (columns) of max(S, 0) + ε normalised to sum to one.
+    The ε keeps q > 0: ∂(q log q)/∂q = log q + 1 is −∞ at a zero target, and S starts at the identity."""
+    positive = targets.clamp_min(0) + eps
+    rows = positive / positive.sum(dim=1, keepdim=True)
+    cols = positive / positive.sum(dim=0, keepdim=True)
     image_to_text = F.kl_div(F.log_softmax(logits, dim=1), rows, reduction="sum") / logits.shape[0]
     text_to_image = F.kl_div(F.log_softmax(logits, dim=0).t(), cols.t(), reduction="sum") / logits.shape[1]
     return 0.5 * (image_to_text + text_to_image)
