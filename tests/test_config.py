@@ -45,3 +45,20 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     path.write_text("lr: 1e-2\nlr_img: 1E3\nname: e5\n")
     cfg = load_config(path, [("lr_img", "5e+2")])
     assert cfg == {"lr": 0.01, "lr_img": 500.0, "name": "e5"}
+
+
+def test_a_config_lays_its_sections_over_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("data: {name: x, size: 64}\nmodel: {a: 1}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\ndata: {size: 32}\ndistill: {budget: 10}\n")
+    cfg = load_config(tmp_path / "run.yaml", [("distill.budget", "5")])
+    assert cfg == {"data": {"name": "x", "size": 32}, "model": {"a": 1}, "distill": {"budget": 5}}
+
+
+def test_a_missing_or_circular_base_is_named(tmp_path):
+    (tmp_path / "run.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml not found .the base of"):
+        load_config(tmp_path / "run.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(tmp_path / "a.yaml")

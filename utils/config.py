@@ -31,19 +31,36 @@ def _parse(text):
 
 
 def load_config(path, overrides=()):
-    """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings)."""
-    path = Path(path)
+    """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings).
+
+    A config may start from another one: `base: buffer.yaml` (relative to the file) reads that first and
+    lays this file's sections over it, key by key."""
+    cfg = _read(Path(path), seen=())
+    for key, value in overrides:
+        set_dotted(cfg, key, value, source=str(path))
+    return cfg
+
+
+def _read(path, seen):
+    if path in seen:
+        raise ConfigError(f"config file {path} is its own base (through {' -> '.join(map(str, seen))})")
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+        raise ConfigError(f"config file {path} not found" + (f" (the base of {seen[-1]})" if seen else ""))
     try:
         cfg = _parse(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    for key, value in overrides:
-        set_dotted(cfg, key, value, source=str(path))
-    return cfg
+    base = cfg.pop("base", None)
+    return _merge(_read(path.parent / base, (*seen, path)), cfg) if base else cfg
+
+
+def _merge(base, over):
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def set_dotted(cfg, dotted_key, raw_value, source="config"):
