@@ -22,7 +22,7 @@ class RunContext:
         self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
         self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)
         self.image_size = data["image_size"]
-        mean, std = self._image_tower.mean, self._image_tower.std
+        self.mean, self.std = mean, std = self._image_tower.mean, self._image_tower.std
         self.test_transform = build_transform(self.image_size, mean, std, train=False)
         self.train_transform = build_transform(self.image_size, mean, std, train=True,
                                                randaugment=data.get("randaugment", False))

@@ -80,3 +80,9 @@ def load_expert(path, identity=None, layouts=None):
     with safe_open(str(path), framework="pt") as f:
         snapshots = {tower: f.get_tensor(tower).float() for tower in f.keys()}
     return snapshots, meta
+
+
+def read_snapshots(path, epochs):
+    """{tower: (len(epochs), P) float32} of the requested epochs only, without reading the rest."""
+    with safe_open(str(path), framework="pt") as f:
+        return {tower: torch.cat([f.get_slice(tower)[e:e + 1] for e in epochs]).float() for tower in f.keys()}
