@@ -40,11 +40,11 @@ def make_problem(steps, dtype=torch.float32, blend=False):
     return inner, syn, start, target
 
 
-def run(mode, steps, eta, merge, dtype=torch.float32, blend=False):
+def run(mode, steps, eta, merge, dtype=torch.float32, blend=False, offload="none"):
     inner, syn, start, target = make_problem(steps, dtype, blend)
     lrs = {"image": torch.tensor(eta, dtype=dtype, requires_grad=True),
            "text": torch.tensor(0.7 * eta, dtype=dtype, requires_grad=True)}
-    loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, steps, merge)
+    loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, steps, merge, offload)
     return loss, {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
 
 
@@ -63,6 +63,14 @@ def test_exact_equals_unroll(steps, eta, merge):
     for name, g in unrolled.items():
         assert g.abs().sum() > 0, name
         assert relative_error(exact[name], g) < 1e-4, name
+
+
+@pytest.mark.parametrize("offload", ["host", "disk"])
+def test_offloaded_steps_give_the_same_gradients(offload):
+    _, kept = run("exact", 4, 0.5, False)
+    _, offloaded = run("exact", 4, 0.5, False, offload=offload)
+    for name, g in kept.items():
+        assert torch.equal(offloaded[name], g), name
 
 
 def test_exact_equals_unroll_with_representation_blending():

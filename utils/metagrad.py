@@ -16,9 +16,14 @@ with `merge`). We need ∂L/∂ of every synthetic tensor and of the learning ra
 `step_loss(i, thetas, syn)` computes inner step i's loss from the tower vectors `thetas` and the synthetic
 tensors `syn`; it must replay step i's randomness (dropout, blending) identically every time it is called.
 """
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import torch
 
 MODES = ("unroll", "tesla", "exact")
+OFFLOADS = ("none", "host", "disk")
 
 
 def normalisers(theta_start, theta_target, merge=False):
@@ -35,21 +40,25 @@ def matching_loss(theta_end, theta_target, denominators):
 
 
 def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, num_steps, merge=False,
-                  offload=False):
+                  offload="none"):
     """(L, {name: ∂L/∂syn[name]}, {tower: ∂L/∂lrs[tower]}) for one trajectory segment.
 
     theta_start, theta_target: {tower: flat θ}; lrs: {tower: scalar tensor}; syn: {name: tensor}.
-    `offload` keeps the stored θ_i in host memory (exact/tesla on a GPU: device memory flat in K).
+    `offload` (exact, tesla) keeps the stored θ_i off the compute device: in host memory ("host", for a
+    GPU) or in temporary files ("disk"), so that memory stays flat in K; "none" keeps them where they are.
     """
     if mode not in MODES:
         raise ValueError(f"unknown meta-gradient mode {mode!r}; choose one of {', '.join(MODES)}")
+    if offload not in OFFLOADS:
+        raise ValueError(f"unknown offload {offload!r}; choose one of {', '.join(OFFLOADS)}")
     theta_start = {t: v.detach() for t, v in theta_start.items()}
     theta_target = {t: v.detach() for t, v in theta_target.items()}
     denominators = normalisers(theta_start, theta_target, merge)
     if mode == "unroll":
         return _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators)
-    return _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators,
-                    frozen=(mode == "tesla"), offload=offload)
+    with StepStore(offload) as store:
+        return _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators,
+                        frozen=(mode == "tesla"), store=store)
 
 
 def _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators):
@@ -67,12 +76,12 @@ def _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomin
     return (outer.detach(), {k: grads["syn", k] for k in syn}, {t: grads["lr", t] for t in lrs})
 
 
-def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators, frozen, offload):
+def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators, frozen, store):
     eta = {t: lr.detach() for t, lr in lrs.items()}
     detached_syn = {k: v.detach() for k, v in syn.items()}
-    stored, thetas = [], theta_start
+    thetas = theta_start
     for i in range(num_steps):  # pass 1: the inner loop, no graph to the synthetic tensors
-        stored.append({t: v.cpu() for t, v in thetas.items()} if offload else thetas)
+        store.put(i, thetas)
         leaves = {t: v.detach().requires_grad_(True) for t, v in thetas.items()}
         grads = torch.autograd.grad(step_loss(i, leaves, detached_syn), list(leaves.values()))
         thetas = {t: leaves[t].detach() - eta[t] * g for t, g in zip(leaves, grads)}
@@ -83,8 +92,7 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
     lr_grads = {t: torch.zeros_like(lr) for t, lr in lrs.items()}
     wanted = [k for k, v in syn.items() if v.requires_grad]
     for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
-        device = theta_start[next(iter(theta_start))].device
-        leaves = {t: v.to(device).requires_grad_(True) for t, v in stored[i].items()}
+        leaves = {t: v.requires_grad_(True) for t, v in store.get(i, theta_start).items()}
         grads = torch.autograd.grad(step_loss(i, leaves, syn), list(leaves.values()), create_graph=True)
         for t, g in zip(leaves, grads):
             lr_grads[t] -= (g.detach() * adjoint[t]).sum()
@@ -99,6 +107,41 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
                 if h_lambda is not None:
                     adjoint[t] = adjoint[t] - h_lambda
     return outer, syn_grads, lr_grads
+
+
+class StepStore:
+    """θ_0 … θ_{K−1} of pass 1, kept for pass 2: as they are, in host memory, or in temporary files."""
+
+    def __init__(self, where):
+        self.where, self.items, self.folder = where, {}, None
+
+    def __enter__(self):
+        if self.where == "disk":
+            self.folder = tempfile.TemporaryDirectory(prefix="mmdd-steps-")
+        return self
+
+    def __exit__(self, *exc):
+        if self.folder is not None:
+            self.folder.cleanup()
+
+    def put(self, i, thetas):
+        if self.where == "none":
+            self.items[i] = thetas
+        elif self.where == "host":
+            self.items[i] = {t: v.to("cpu") for t, v in thetas.items()}
+        else:
+            for t, v in thetas.items():
+                v.detach().cpu().numpy().tofile(Path(self.folder.name) / f"{i}_{t}")
+
+    def get(self, i, like):
+        """Step i's θ on the device and dtype of `like` (a dict of tensors), detached."""
+        if self.where == "disk":
+            items = {t: torch.from_numpy(np.fromfile(Path(self.folder.name) / f"{i}_{t}",
+                                                     dtype=str(v.dtype).removeprefix("torch.")))
+                     for t, v in like.items()}
+        else:
+            items = self.items.pop(i)
+        return {t: v.to(like[t].device).detach() for t, v in items.items()}
 
 
 class InnerLoop:
