@@ -13,12 +13,9 @@ Prints figures only; asserts nothing.
 """
 import argparse
 import itertools
-import json
 import os
 import random
-import resource
 import string
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
+from bench.common import emit, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
 
 DEMO_CONFIG = "configs/tuxpaint/buffer.yaml"
 MODES = ("cached", "reencode")
-MARK = "BENCH_RESULT "  # prefix of the child's one JSON line on stdout
 
 
 def parse(argv):
@@ -54,34 +51,6 @@ def parse(argv):
     elif known.model_config:
         sys.exit("give either --config (demo mode) or --model-config, not both")
     return parse_args(argv, __doc__, extra)
-
-
-def reset_peak(device):
-    """Start counting peak memory now (after set-up), so that loading does not set the figure;
-    returns the memory in use now (MiB), or None when the peak cannot be reset."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    try:  # Linux: "5" resets the process's peak RSS (which ru_maxrss reports) to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    except OSError:
-        return None
-
-
-def peak_memory(device, baseline):
-    """{memory, baseline, memory_kind}: peak since reset_peak (or since start) and the set-up level."""
-    when = "training" if baseline is not None else "whole process"
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, f"peak GPU MiB allocated ({when})"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, f"peak RSS MiB ({when})"
-    return {"memory": peak, "baseline": baseline, "memory_kind": kind}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_demo(cfg, args):
@@ -149,7 +118,6 @@ def build_text(model_cfg, mode, random_weights, device):
 
 def bench_model(cfg, args):
     """One mode of the model benchmark: forward + backward + SGD step with InfoNCE on synthetic inputs."""
-    from networks.encoders import ImageTower
     from networks.student import DualEncoder
     from utils.losses import infonce
     from utils.training import pick_device, student_optimizer
@@ -158,15 +126,7 @@ def bench_model(cfg, args):
     device = pick_device(cfg.get("device", "auto"))
     size, batch = data["image_size"], args.batch_size or bcfg["batch_size"]
     torch.manual_seed(0)
-    tower, image_what, why = None, f"{model['image_encoder']} (real weights)", "--random-weights"
-    if not args.random_weights:
-        try:
-            tower = ImageTower(model["image_encoder"], model.get("image_weights"), cfg.get("cache_dir", ".cache"))
-        except (OSError, RuntimeError, ValueError) as err:  # ModelNotFoundError is a RuntimeError
-            why = f"{model.get('image_weights')} weights not available: {type(err).__name__}"
-    if tower is None:
-        tower = ImageTower(model["image_encoder"], None)
-        image_what = f"{model['image_encoder']} (random init; {why})"
+    tower, image_what = image_tower(model, args.random_weights, cfg.get("cache_dir", ".cache"))
     encode, hidden, text_what = build_text(model, args.mode, args.random_weights, device)
     student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1)).to(device)
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
@@ -205,21 +165,11 @@ def bench_model(cfg, args):
 
 def run_children(argv):
     """Re-invoke this script once per mode; collect each child's JSON line."""
-    env = dict(os.environ, TQDM_DISABLE="1")  # no progress bars in the figures
     results = {}
     for mode in MODES:
-        start = time.time()
-        proc = subprocess.run([sys.executable, __file__, *argv, "--mode", mode], env=env,
-                              stdout=subprocess.PIPE, text=True)
-        lines = proc.stdout.splitlines()
-        for line in lines:
-            if not line.startswith(MARK):
-                print(f"  [{mode}] {line}")
-        found = [json.loads(line[len(MARK):]) for line in lines if line.startswith(MARK)]
-        if proc.returncode or not found:
-            sys.exit(f"{mode} run failed (exit code {proc.returncode})")
-        results[mode] = found[-1]
-        print(f"{mode}: done in {time.time() - start:.1f} s (process, incl. loading)")
+        results[mode] = run_child(__file__, [*argv, "--mode", mode], mode)
+        if results[mode] is None:
+            sys.exit(f"{mode} run failed")
     return results
 
 
@@ -255,7 +205,7 @@ def main(argv=None):
     cfg, args = parse(argv)
     bench = bench_model if args.model_config else bench_demo
     if args.mode:  # child: one mode, one JSON line
-        print(MARK + json.dumps(bench(cfg, args)), flush=True)
+        emit(bench(cfg, args))
         return
     results = run_children(argv)
     report(results, "flickr30k-model" if args.model_config else "demo")

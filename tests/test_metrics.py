@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.metrics import retrieval_ranks, retrieval_recall
+from utils.metrics import format_table, retrieval_ranks, retrieval_recall
 
 
 def test_image_whose_second_caption_is_the_hit():
@@ -47,3 +47,9 @@ def test_recall_is_percentage_of_queries_hit_within_k():
     order_t = sims.t().argsort(dim=1, descending=True)
     expected_ir1 = 100 * sum(order_t[j, 0].item() == j for j in range(6)) / 6
     assert r["ir@1"] == pytest.approx(expected_ir1)
+
+
+def test_table_shows_mean_and_std_over_students():
+    row = {k: (10.0, 1.25) for k in ("ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10", "mean")}
+    line = format_table([("lors", row)]).splitlines()[2]
+    assert line.startswith("| lors | 10.0 ± 1.2 |") and line.count("±") == 7

@@ -36,9 +36,10 @@ def retrieval_recall(sims, caption_image, ks=KS):
 
 
 def format_table(rows, ks=KS):
-    """Markdown table; rows = [(label, recall dict)], in the papers' column order (IR then TR)."""
+    """Markdown table; rows = [(label, {metric: % or (mean, std)})], in the papers' column order (IR then TR)."""
     cols = [f"ir@{k}" for k in ks] + [f"tr@{k}" for k in ks] + ["mean"]
     head = "| model | " + " | ".join(c.upper() for c in cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
-    body = ["| " + label + " | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |" for label, r in rows]
+    cell = lambda v: f"{v[0]:.1f} ± {v[1]:.1f}" if isinstance(v, (tuple, list)) else f"{v:.1f}"  # noqa: E731
+    body = ["| " + label + " | " + " | ".join(cell(r[c]) for c in cols) + " |" for label, r in rows]
     return "\n".join([head, sep, *body])

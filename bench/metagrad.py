@@ -1,0 +1,144 @@
+"""Time and peak memory of one distillation iteration for each meta-gradient mode and number of inner steps.
+
+    python bench/metagrad.py [--config configs/tuxpaint/lors.yaml] [--steps 4 8 16 32] [--modes unroll tesla exact]
+        the demo's student (EfficientNet-Lite0 with its real weights, 64 px) and LoRS settings
+    python bench/metagrad.py --config configs/flickr30k/lors_100.yaml --steps 8 --modes tesla exact
+        the Flickr30K LoRS-100 setting (NFNet-l0 + BERT-base head, 224 px, 99 pairs, minibatch 20); on a GPU
+
+One iteration = sample a segment, inner loop, meta-gradient, SGD step on the synthetic set: exactly what
+distill.py runs (`Distiller.step`), but on a synthetic set of random pixels and text features and on
+synthetic expert segments (θ* = θ_0 + noise) of the model's true size, so no buffer is needed. Weights
+that are not available offline are replaced by random init (reported). Every (mode, steps) case runs in
+its own process; memory is the peak above the level after set-up (GPU: allocated; CPU: RSS).
+Prints figures only; asserts nothing. Timings on a CPU shared with other jobs are meaningless.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
+from bench.common import emit, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
+
+DEMO_CONFIG = "configs/tuxpaint/lors.yaml"
+
+
+def parse(argv):
+    from utils.config import parse_args
+
+    def extra(p):
+        p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="inner steps K")
+        p.add_argument("--modes", nargs="+", default=["unroll", "tesla", "exact"])
+        p.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
+        p.add_argument("--random-weights", action="store_true", help="do not try the real image weights")
+        p.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # child: MODE STEPS
+
+    if "--config" not in argv:
+        argv = ["--config", DEMO_CONFIG, *argv]
+    return parse_args(argv, __doc__, extra)
+
+
+class SyntheticPool:
+    """Stands in for the expert buffer: segments of the student's true size, θ* = θ_0 + small noise."""
+
+    def __init__(self, student, device):
+        self.start = {t: v.to(device) for t, v in student.flatten().items()}
+        gen = torch.Generator().manual_seed(0)
+        self.target = {t: v + 1e-3 * torch.randn(v.shape, generator=gen).to(device) for t, v in self.start.items()}
+        self.files = [None]
+
+    def segment(self, expert, start, span, device):
+        return self.start, self.target
+
+
+def text_width(model_cfg):
+    from transformers import AutoConfig, BertConfig
+    from networks.weights import ModelNotFoundError, resolve_text_encoder
+    try:
+        return AutoConfig.from_pretrained(resolve_text_encoder(model_cfg["text_encoder"])).hidden_size, "real"
+    except (OSError, ValueError, ModelNotFoundError):
+        return BertConfig().hidden_size, "BERT-base width (config not available offline)"
+
+
+def build_distiller(cfg, mode, steps, random_weights):
+    """A Distiller wired to a synthetic set and synthetic experts (no data, no buffer)."""
+    from data.distilled import DistilledSet
+    from networks.student import DualEncoder
+    from utils.distillation import Distiller, resolve_method, synthetic_pairs
+    from utils.similarity import Similarity
+    from utils.training import pick_device
+
+    d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps})
+    device = pick_device(cfg.get("device", "auto"))
+    torch.manual_seed(0)
+    tower, image_what = image_tower(cfg["model"], random_weights, cfg.get("cache_dir", ".cache"))
+    hidden, text_what = text_width(cfg["model"])
+    model = cfg["model"]
+    student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1))
+    student = student.to(device).train()
+    n, size = synthetic_pairs(d), cfg["data"]["image_size"]
+    dset = DistilledSet(torch.randn(n, 3, size, size), torch.randn(n, hidden),
+                        Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"]),
+                        {"image": d["lr_teacher"], "text": d["lr_teacher"]})
+    distiller = Distiller({**cfg, "distill": d}, student, SyntheticPool(student, device), dset, device)
+    what = (f"{image_what} + text head on {hidden}-d features ({text_what}), {size} px, {n} pairs, "
+            f"minibatch {d['mini_batch_size']}, {d['loss']}, similarity {d['sim_type']}")
+    return distiller, device, what
+
+
+def run_case(cfg, args):
+    mode, steps = args.case[0], int(args.case[1])
+    distiller, device, what = build_distiller(cfg, mode, steps, args.random_weights)
+    baseline = reset_peak(device)
+    distiller.step(0)  # warm-up (allocator, lazy initialisation)
+    times = []
+    for i in range(args.iterations):
+        sync(device)
+        start = time.perf_counter()
+        distiller.step(i + 1)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return {"mode": mode, "steps": steps, "seconds": statistics.median(times), "times": times,
+            **peak_memory(device, baseline), "device": str(device), "what": what, "load": os.getloadavg()[0]}
+
+
+def report(results):
+    first = next(iter(results.values()))
+    print(f"\n{first['what']}\ndevice {first['device']}; memory: {first['memory_kind']}, shown above the "
+          f"set-up level")
+    print(f"{'mode':<8} {'K':>4} {'s/iteration':>12} {'peak MiB':>10} {'load':>6}")
+    for (mode, steps), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        extra = r["memory"] - (r["baseline"] or 0)
+        print(f"{mode:<8} {steps:>4} {r['seconds']:>12.3f} {extra:>10.0f} {r['load']:>6.2f}")
+    for mode in ("unroll", "tesla", "exact"):
+        ks = sorted(k for m, k in results if m == mode)
+        if len(ks) > 1:
+            lo, hi = (results[mode, ks[0]], results[mode, ks[-1]])
+            growth = (hi["memory"] - (hi["baseline"] or 0)) / (lo["memory"] - (lo["baseline"] or 0))
+            print(f"{mode}: memory K={ks[0]} → K={ks[-1]}: {growth:.2f}x")
+    for steps in sorted({k for _, k in results}):
+        if ("exact", steps) in results and ("tesla", steps) in results:
+            print(f"K={steps}: exact / tesla time {results['exact', steps]['seconds'] / results['tesla', steps]['seconds']:.2f}x")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, args = parse(argv)
+    if args.case:
+        emit(run_case(cfg, args))
+        return
+    results = {}
+    for steps in args.steps:
+        for mode in args.modes:
+            result = run_child(__file__, [*argv, "--case", mode, str(steps)], f"{mode} K={steps}")
+            if result is not None:
+                results[mode, steps] = result
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Trajectory-matching distillation (METHOD §4): the outer loop around `utils.metagrad`.
+
+Learned: synthetic images and text features, the similarity factors (LoRS), one student lr per tower.
+Each iteration samples an expert segment (θ_s, θ_{s+E}), runs the inner loop on synthetic minibatches
+and takes one SGD-with-momentum step on all of them. Every `checkpoint_every` iterations the state is
+written (set, momenta, sampler) so that a killed run resumes to the same result; a non-finite loss or
+gradient stops the run before anything is written.
+"""
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.distilled import DistilledSet, load_distilled, nearest_captions, real_pairs, save_distilled
+from utils.config import save_config
+from utils.evaluation import evaluate_set, mean_std
+from utils.io import remove_stale_temporaries
+from utils.losses import get_loss
+from utils.metagrad import MODES, InnerLoop, meta_gradient
+from utils.similarity import Similarity
+from utils.trajectories import TrajectoryError, check_compatible, expert_files, read_metadata, read_snapshots
+from utils.visuals import save_grid, save_heatmap, to_uint8
+
+# What each method fixes unless the config says otherwise; `reserve_pair`: S is paid for with one pair.
+PRESETS = {
+    "lors": {"loss": "wbce", "sim_type": "lowrank", "metagrad": "tesla", "reserve_pair": True},
+    "mtt-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "unroll", "reserve_pair": False},
+    "tesla-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "tesla", "reserve_pair": False},
+}
+# Keys that may change when a run is resumed (how long, how often to save or evaluate).
+RESUMABLE_KEYS = ("iterations", "checkpoint_every", "eval_every")
+
+
+def resolve_method(dcfg):
+    """The distill section with the method's preset filled in where the config leaves a key null."""
+    if dcfg["method"] not in PRESETS:
+        raise ValueError(f"unknown distill.method {dcfg['method']!r}; choose one of {', '.join(PRESETS)}")
+    resolved = {**dcfg, **{k: v for k, v in PRESETS[dcfg["method"]].items() if dcfg.get(k) is None}}
+    if resolved["metagrad"] not in MODES:
+        raise ValueError(f"unknown distill.metagrad {resolved['metagrad']!r}; choose one of {', '.join(MODES)}")
+    return resolved
+
+
+class ExpertPool:
+    """The buffer's expert files, all checked up front; a segment (θ_s, θ_{s+E}) is read when needed."""
+
+    def __init__(self, buffer_dir, identity, layouts, last_epoch):
+        self.files = expert_files(buffer_dir)
+        if not self.files:
+            raise TrajectoryError(f"no expert files (expert_*.safetensors) in {buffer_dir}: run buffer.py with "
+                                  f"this config first, or point buffer.out_dir at a finished buffer")
+        for path in self.files:
+            meta = read_metadata(path)
+            check_compatible(meta, identity, layouts, path)
+            saved = meta["shapes"]["image"][0] - 1
+            if saved < last_epoch:
+                raise TrajectoryError(f"buffer file {path} holds epochs 0..{saved}, but distillation reads up to "
+                                      f"epoch {last_epoch} (max_start_epoch - 1 + expert_epochs); lower them or "
+                                      f"train experts for more epochs")
+
+    def segment(self, expert, start, span, device):
+        snaps = read_snapshots(self.files[expert], [start, start + span])
+        return ({t: v[0].to(device) for t, v in snaps.items()}, {t: v[1].to(device) for t, v in snaps.items()})
+
+
+class Sampler:
+    """All the randomness of the outer loop, from one generator, with a state that checkpoints:
+    experts cycle through shuffled lists; minibatches walk a permutation of the set in chunks."""
+
+    def __init__(self, seed, num_experts, n, batch_size):
+        self.num_experts, self.n, self.batch_size = num_experts, n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.expert_queue = torch.empty(0, dtype=torch.long)
+        self.batch_queue = torch.empty(0, dtype=torch.long)
+
+    def expert(self):
+        if len(self.expert_queue) == 0:
+            self.expert_queue = torch.randperm(self.num_experts, generator=self.generator)
+        expert, self.expert_queue = int(self.expert_queue[0]), self.expert_queue[1:]
+        return expert
+
+    def integer(self, high, count=1):
+        return torch.randint(high, (count,), generator=self.generator)
+
+    def batches(self, count):
+        out = []
+        for _ in range(count):
+            if len(self.batch_queue) == 0:
+                self.batch_queue = torch.randperm(self.n, generator=self.generator)
+            out.append(self.batch_queue[:self.batch_size])
+            self.batch_queue = self.batch_queue[self.batch_size:]
+        return out
+
+    def state(self):
+        return {"sampler_rng": self.generator.get_state(), "sampler_experts": self.expert_queue,
+                "sampler_batches": self.batch_queue}
+
+    def load_state(self, tensors):
+        self.generator.set_state(tensors["sampler_rng"])
+        self.expert_queue, self.batch_queue = tensors["sampler_experts"], tensors["sampler_batches"]
+
+
+def synthetic_pairs(dcfg):
+    """N: the budget, less one pair where the similarity matrix has to be paid for (LoRS)."""
+    return dcfg["budget"] - 1 if dcfg["reserve_pair"] else dcfg["budget"]
+
+
+def initial_set(ctx, dcfg, n):
+    """N random real training pairs (test transform), or noise; S at its start; lrs at lr_teacher."""
+    d, train = dcfg, ctx.splits["train"]
+    picks = torch.randperm(len(train.captions), generator=torch.Generator().manual_seed(d["seed"]))[:n]
+    meta = {**ctx.identity(), "method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
+            "budget": d["budget"], "seed": d["seed"], "mean": list(ctx.mean), "std": list(ctx.std), "init": d["init"]}
+    dset = real_pairs(train, ctx.features["train"], ctx.test_transform, picks, meta)
+    if d["init"] == "noise":
+        gen = torch.Generator().manual_seed(d["seed"])
+        dset.images = torch.randn(dset.images.shape, generator=gen)
+        feats = ctx.features["train"]
+        dset.text_features = feats.mean(0) + feats.std(0) * torch.randn(dset.text_features.shape, generator=gen)
+    elif d["init"] != "real":
+        raise ValueError(f"distill.init must be real or noise, not {d['init']!r}")
+    dset.similarity = Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"],
+                                 generator=torch.Generator().manual_seed(d["seed"] + 1))
+    dset.lrs = {"image": d["lr_teacher"], "text": d["lr_teacher"]}
+    return dset
+
+
+class Distiller:
+    """The learned set, its optimizer and sampler, and the run around `step`. `from_context` builds one
+    from a run's data and buffer; the constructor takes the parts (the benchmark passes synthetic ones)."""
+
+    def __init__(self, cfg, student, pool, dset, device, ctx=None, log=tqdm.write):
+        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"])
+        self.student, self.pool, self.dset, self.device, self.ctx, self.log = student, pool, dset, device, ctx, log
+        self.out_dir = Path(self.dcfg["out_dir"])
+        offload = self.dcfg.get("offload", "auto")
+        self.offload = ("host" if device.type == "cuda" else "disk") if offload == "auto" else offload
+        self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"])
+        self._learnables()
+
+    @classmethod
+    def from_context(cls, ctx, cfg, log=tqdm.write):
+        d = resolve_method(cfg["distill"])
+        student = ctx.new_student(d["seed"]).train()
+        pool = ExpertPool(cfg["buffer"]["out_dir"], {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint},
+                          student.layouts(), d["max_start_epoch"] - 1 + d["expert_epochs"])
+        n, available = synthetic_pairs(d), len(ctx.splits["train"].captions)
+        if not 2 <= n <= available:
+            raise ValueError(f"distill.budget {d['budget']} means {n} synthetic pairs ({d['method']}), but the "
+                             f"training split has {available} pairs: choose a budget that fits")
+        return cls(cfg, student, pool, initial_set(ctx, d, n), ctx.device, ctx, log)
+
+    def _learnables(self):
+        """Leaf tensors on the device and their optimizer (one SGD-momentum group per kind)."""
+        d, device = self.dcfg, self.device
+        leaf = lambda x: x.detach().to(device).float().requires_grad_(True)  # noqa: E731
+        self.syn = {"images": leaf(self.dset.images), "texts": leaf(self.dset.text_features),
+                    **{k: leaf(v) for k, v in self.dset.similarity.params.items()}}
+        self.lrs = {t: leaf(torch.tensor(float(v))) for t, v in self.dset.lrs.items()}
+        groups = [([self.syn["images"]], d["lr_image"]), ([self.syn["texts"]], d["lr_text"]),
+                  ([v for k, v in self.syn.items() if k.startswith("sim_")], d["lr_sim"]),
+                  (list(self.lrs.values()), d["lr_lr"])]
+        self.optimizer = torch.optim.SGD([{"params": p, "lr": lr} for p, lr in groups if p],
+                                         lr=d["lr_image"], momentum=d["momentum"])
+        self.loss_fn = get_loss(d["loss"])
+
+    def step(self, iteration):
+        """One outer iteration; returns the matching loss (raises, changing nothing, if it is not finite)."""
+        d = self.dcfg
+        start, target = self.pool.segment(self.sampler.expert(), int(self.sampler.integer(d["max_start_epoch"])),
+                                          d["expert_epochs"], self.device)
+        steps = d["syn_steps"]
+        inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, self.sampler.batches(steps),
+                          self.sampler.integer(2 ** 62, steps), d["blend"])
+        loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn, steps,
+                                                  d["merge_branches"], self.offload)
+        grads = {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
+        bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
+        if not torch.isfinite(loss) or bad:
+            raise FloatingPointError(
+                f"distillation iteration {iteration}: the matching loss is {loss.item()}"
+                + (f" and the gradients of {', '.join(bad)} are not finite" if bad else "")
+                + f"; nothing was written after the last checkpoint in {self.out_dir}. Lower the learning "
+                  f"rates (distill.lr_image/lr_text/lr_lr/lr_teacher) or syn_steps")
+        self.optimizer.zero_grad(set_to_none=True)
+        for name, tensor in {**self.syn, **{f"lr_{t}": v for t, v in self.lrs.items()}}.items():
+            tensor.grad = grads[name]
+        self.optimizer.step()
+        return loss.item()
+
+    # ---- state, checkpoints, pictures -------------------------------------------------------------
+
+    def leaves(self):
+        return {**self.syn, **{f"lr_{t}": v for t, v in self.lrs.items()}}
+
+    def current_set(self):
+        """The synthetic set as it stands (CPU copies), each text feature named by its nearest real caption."""
+        cpu = {k: v.detach().cpu() for k, v in self.syn.items()}
+        sim = Similarity.from_spec(self.dset.similarity.spec(), {k: v for k, v in cpu.items() if k.startswith("sim_")})
+        captions = nearest_captions(cpu["texts"], self.ctx.features["train"], self.ctx.splits["train"].captions)
+        return DistilledSet(cpu["images"], cpu["texts"], sim, {t: v.item() for t, v in self.lrs.items()},
+                            {**self.dset.meta, "captions": captions})
+
+    def save_checkpoint(self, iteration, losses):
+        dset = self.current_set()
+        momenta = {f"momentum_{name}": self.optimizer.state[p]["momentum_buffer"]
+                   for name, p in self.leaves().items() if self.optimizer.state[p].get("momentum_buffer") is not None}
+        save_distilled(self.out_dir / "checkpoint.safetensors", dset, {**momenta, **self.sampler.state()},
+                       {"iteration": iteration, "losses": losses, "config": self.cfg})
+        self.draw(dset, iteration)
+
+    def resume(self):
+        """(iteration, losses) of the checkpoint in out_dir, its state loaded; (0, []) without one."""
+        path = self.out_dir / "checkpoint.safetensors"
+        if not path.is_file():
+            return 0, []
+        dset, extras = load_distilled(path, self.ctx.identity(), with_extras=True)
+        changed = _differences(dset.meta["config"], self.cfg)
+        if changed:
+            raise ValueError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)} differ); "
+                             f"choose another distill.out_dir, or delete that folder to start over")
+        self.dset = dset
+        self._learnables()
+        for name, p in self.leaves().items():
+            if f"momentum_{name}" in extras:
+                self.optimizer.state[p]["momentum_buffer"] = extras[f"momentum_{name}"].to(p.device)
+        self.sampler.load_state(extras)
+        self.log(f"resuming {path} at iteration {dset.meta['iteration']}")
+        return dset.meta["iteration"], dset.meta["losses"]
+
+    def draw(self, dset, iteration, limit=100):
+        """A grid of (up to `limit`) synthetic images with their nearest captions; the similarity heat map."""
+        images = to_uint8(dset.images[:limit], dset.meta["mean"], dset.meta["std"])
+        save_grid(self.out_dir / f"grid_{iteration:05d}.png", images, dset.meta["captions"][:limit])
+        if dset.similarity.kind != "identity":
+            save_heatmap(self.out_dir / f"similarity_{iteration:05d}.png", dset.similarity.matrix(),
+                         f"learned similarity S, iteration {iteration}")
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    def run(self):
+        """Distil (resuming a checkpoint of the same settings); returns the final set, also saved."""
+        d = self.dcfg
+        iteration, losses = self.resume()
+        remove_stale_temporaries(self.out_dir)
+        save_config(self.cfg, self.out_dir / "config.yaml")
+        final = self.out_dir / "distilled.safetensors"
+        bar = tqdm(range(iteration, d["iterations"]), initial=iteration, total=d["iterations"],
+                   desc=f"distill {d['method']} ({d['metagrad']})")
+        for iteration in bar:
+            losses.append(self.step(iteration))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr_image=f"{self.lrs['image'].item():.3g}",
+                            lr_text=f"{self.lrs['text'].item():.3g}")
+            done = iteration + 1
+            if done % d["checkpoint_every"] == 0 or done == d["iterations"]:
+                self.save_checkpoint(done, losses)
+            if d["eval_every"] and done % d["eval_every"] == 0:
+                self.evaluate(done)
+        dset = self.current_set()
+        save_distilled(final, dset, extra_meta={"iteration": len(losses), "losses": losses, "config": self.cfg})
+        self.log(f"distilled set ({len(dset)} pairs) written to {final}")
+        return dset
+
+    def evaluate(self, iteration):
+        ecfg = {**self.cfg["evaluate"], "students": self.dcfg["eval_students"]}
+        recall = mean_std(evaluate_set(self.ctx, self.current_set(), ecfg, "val", log=lambda _: None))
+        self.log(f"iteration {iteration}: val mean recall {recall['mean'][0]:.2f} ± {recall['mean'][1]:.2f} "
+                 f"({ecfg['students']} students)")
+
+
+def _differences(saved, current, prefix=""):
+    """Dotted keys whose values differ, ignoring the distill keys a resumed run may change."""
+    keys = sorted(set(saved) | set(current))
+    out = []
+    for key in keys:
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{name}.")
+        elif a != b and not (prefix == "distill." and key in RESUMABLE_KEYS):
+            out.append(name)
+    return out
