@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# MTT-VL, Flickr30K, 100 pairs: full unrolled meta-gradient, InfoNCE, S = I; the whole set in every step (published run). Needs the experts of sh/buffer_flickr30k.sh.
+# Extra arguments are overrides, e.g. --distill.metagrad exact --distill.iterations 100.
+exec "$(dirname "$0")/launch.sh" distill.py configs/flickr30k/mtt-vl_100.yaml "$@"
