@@ -1,6 +1,5 @@
 """Shared fixtures: hand-made tiny datasets, and a small slice of the real Tux Paint data with the real
 offline encoders (EfficientNet-Lite0 + MiniLM) at 32 px."""
-import copy
 import json
 import os
 import random
@@ -72,9 +71,8 @@ def shared_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg(tux_slice, shared_cache, tmp_path):
     """The demo config shrunk to seconds: 32 px, 2 experts × 2 epochs, batch 8."""
-    import yaml
-    cfg = yaml.safe_load((ROOT / "configs" / "tuxpaint" / "buffer.yaml").read_text())
-    cfg = copy.deepcopy(cfg)
+    from utils.config import load_config
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
     cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
                        image_size=32)
     cfg["buffer"].update(out_dir=str(tmp_path / "buffer"), num_experts=2, epochs=2, batch_size=8, eval_every=1)

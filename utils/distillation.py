@@ -27,8 +27,10 @@ PRESETS = {
     "mtt-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "unroll", "reserve_pair": False},
     "tesla-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "tesla", "reserve_pair": False},
 }
-# Keys that may change when a run is resumed (how long, how often to save or evaluate).
-RESUMABLE_KEYS = ("iterations", "checkpoint_every", "eval_every")
+# What a resumed run may change: how long, how often to save or evaluate, where things live.
+RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
+                  "distill.out_dir", "distill.offload", "device", "cache_dir", "evaluate"}
+RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 
 
 def resolve_method(dcfg):
@@ -144,6 +146,8 @@ class Distiller:
         student = ctx.new_student(d["seed"]).train()
         pool = ExpertPool(cfg["buffer"]["out_dir"], {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint},
                           student.layouts(), d["max_start_epoch"] - 1 + d["expert_epochs"])
+        if d["eval_every"] and "val" not in ctx.splits:
+            raise ValueError("distill.eval_every > 0 evaluates on the val split: build the RunContext with it")
         n, available = synthetic_pairs(d), len(ctx.splits["train"].captions)
         if not 2 <= n <= available:
             raise ValueError(f"distill.budget {d['budget']} means {n} synthetic pairs ({d['method']}), but the "
@@ -207,6 +211,7 @@ class Distiller:
                    for name, p in self.leaves().items() if self.optimizer.state[p].get("momentum_buffer") is not None}
         save_distilled(self.out_dir / "checkpoint.safetensors", dset, {**momenta, **self.sampler.state()},
                        {"iteration": iteration, "losses": losses, "config": self.cfg})
+        save_config(self.cfg, self.out_dir / "config.yaml")
         self.draw(dset, iteration)
 
     def resume(self):
@@ -219,14 +224,16 @@ class Distiller:
         if changed:
             raise ValueError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)} differ); "
                              f"choose another distill.out_dir, or delete that folder to start over")
+        iteration, losses = dset.meta["iteration"], dset.meta["losses"]
+        dset.meta = {k: v for k, v in dset.meta.items() if k not in RUN_KEYS}
         self.dset = dset
         self._learnables()
         for name, p in self.leaves().items():
             if f"momentum_{name}" in extras:
                 self.optimizer.state[p]["momentum_buffer"] = extras[f"momentum_{name}"].to(p.device)
         self.sampler.load_state(extras)
-        self.log(f"resuming {path} at iteration {dset.meta['iteration']}")
-        return dset.meta["iteration"], dset.meta["losses"]
+        self.log(f"resuming {path} at iteration {iteration}")
+        return iteration, losses
 
     def draw(self, dset, iteration, limit=100):
         """A grid of (up to `limit`) synthetic images with their nearest captions; the similarity heat map."""
@@ -243,7 +250,6 @@ class Distiller:
         d = self.dcfg
         iteration, losses = self.resume()
         remove_stale_temporaries(self.out_dir)
-        save_config(self.cfg, self.out_dir / "config.yaml")
         final = self.out_dir / "distilled.safetensors"
         bar = tqdm(range(iteration, d["iterations"]), initial=iteration, total=d["iterations"],
                    desc=f"distill {d['method']} ({d['metagrad']})")
@@ -275,8 +281,10 @@ def _differences(saved, current, prefix=""):
     for key in keys:
         name = f"{prefix}{key}"
         a, b = saved.get(key), current.get(key)
+        if name in RESUMABLE_KEYS:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{name}.")
-        elif a != b and not (prefix == "distill." and key in RESUMABLE_KEYS):
+        elif a != b and name not in RESUMABLE_KEYS:
             out.append(name)
     return out

@@ -1,0 +1,366 @@
+"""Distillation end to end on a slice of the real Tux Paint data with the real offline encoders (32 px):
+a killed run resumes to the very same set, the three methods, refused inputs, the artefact, evaluation."""
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import coreset
+import evaluate
+import utils.distillation as distillation
+from data.annotations import load_split, preprocess_caption, read_split
+from data.distilled import FORMAT, DistilledSetError, export_distilled, load_distilled, save_distilled
+from utils.config import load_config, save_config
+from utils.context import RunContext
+from utils.distillation import Distiller, initial_set, resolve_method
+from utils.experts import run_buffer
+from utils.trajectories import TrajectoryError, expert_path
+from utils.visuals import to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+TUXPAINT = ROOT / "datasets" / "tuxpaint"
+
+
+def _quiet(_msg):
+    pass
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _tensors(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _temporaries(folder):
+    return sorted(p.name for p in Path(folder).rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def base_cfg(tux_slice, shared_cache, tmp_path_factory):
+    """`tiny_cfg` (conftest) built once for the module, with its buffer (2 experts × 2 epochs) trained once."""
+    # load_config, not yaml.safe_load: the latter reads `weight_decay: 5e-4` as the string "5e-4"
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
+    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
+                       image_size=32)
+    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("distill_buffer") / "buffer"), num_experts=2,
+                         epochs=2, batch_size=8, eval_every=0)
+    cfg["cache_dir"] = str(shared_cache)
+    cfg["device"] = "cpu"
+    assert sorted(run_buffer(cfg, log=_quiet)) == [0, 1]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ctx(base_cfg):
+    return RunContext(base_cfg, splits=("train",), log=_quiet)
+
+
+def distill_cfg(base_cfg, out_dir, **distill):
+    """configs/tuxpaint/lors.yaml with the tiny data/model/buffer and a tiny distill section.
+
+    The learning rates of lr_sim and lr_lr are lowered: at this scale (5 pairs, 2 inner steps) the demo's
+    lr_sim 10 / lr_lr 1e-2 diverge to a NaN loss within 3 iterations, which is not what these tests are about."""
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
+    for key in ("data", "model", "buffer", "cache_dir", "device", "evaluate"):
+        cfg[key] = copy.deepcopy(base_cfg[key])
+    cfg["distill"].update(budget=6, syn_steps=2, mini_batch_size=3, iterations=4, checkpoint_every=2,
+                          max_start_epoch=1, expert_epochs=1, eval_every=0, lr_sim=0.1, lr_lr=1e-5,
+                          out_dir=str(out_dir))
+    cfg["distill"].update(distill)
+    cfg["evaluate"].update(students=1, epochs=2)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def lors_run(base_cfg, ctx, tmp_path_factory):
+    """LoRS (exact meta-gradient), 4 iterations without interruption: (cfg, out_dir, the returned set)."""
+    cfg = distill_cfg(base_cfg, tmp_path_factory.mktemp("lors") / "A")
+    dset = Distiller.from_context(ctx, cfg, log=_quiet).run()
+    return cfg, Path(cfg["distill"]["out_dir"]), dset
+
+
+def _assert_same_final(a, b):
+    """Two distilled.safetensors files hold the same tensors (bit for bit), lrs, losses and metadata."""
+    ta, tb = _tensors(a), _tensors(b)
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+    da, db = load_distilled(a), load_distilled(b)
+    assert da.lrs == db.lrs
+    assert da.meta["losses"] == db.meta["losses"] and len(da.meta["losses"]) == da.meta["iteration"]
+    strip = lambda m: {k: v for k, v in m.items() if k != "config"}  # noqa: E731  (configs differ in out_dir)
+    assert strip(da.meta) == strip(db.meta)
+
+
+# ---- 1. a killed run resumes to the same result ----------------------------------------------------------
+
+def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_path, monkeypatch):
+    _, out_a, _ = lors_run
+    cfg = distill_cfg(base_cfg, tmp_path / "B")
+    out_b = tmp_path / "B"
+    real_step = Distiller.step
+
+    def killed_at_3(self, iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        return real_step(self, iteration)
+
+    monkeypatch.setattr(Distiller, "step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
+    checkpoint = out_b / "checkpoint.safetensors"
+    saved, extras = load_distilled(checkpoint, with_extras=True)
+    assert saved.meta["iteration"] == 2 and len(saved.meta["losses"]) == 2
+    assert {"sampler_rng", "momentum_images", "momentum_lr_text"} <= set(extras)
+    assert not (out_b / "distilled.safetensors").exists() and (out_b / "grid_00002.png").is_file()
+    assert _temporaries(out_b) == []
+    stale = out_b / ".checkpoint.safetensors.abc.tmp"
+    stale.write_bytes(b"half-written by a killed process")
+
+    steps, logged = [], []
+
+    def counted(self, iteration):
+        steps.append(iteration)
+        return real_step(self, iteration)
+
+    monkeypatch.setattr(Distiller, "step", counted)
+    Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
+    assert steps == [2, 3]  # resumed, not redone from the start
+    assert any("at iteration 2" in line for line in logged)
+    _assert_same_final(out_a / "distilled.safetensors", out_b / "distilled.safetensors")
+    assert saved.meta["losses"] == load_distilled(out_a / "distilled.safetensors").meta["losses"][:2]
+    # the final checkpoints (set, momenta, sampler state) agree as well
+    assert load_distilled(checkpoint).meta["iteration"] == 4
+    ca, cb = _tensors(out_a / "checkpoint.safetensors"), _tensors(checkpoint)
+    assert sorted(ca) == sorted(cb) and all(torch.equal(ca[k], cb[k]) for k in ca)
+    assert _temporaries(out_b) == []
+
+
+def test_set_returned_after_resume_describes_the_finished_run(base_cfg, ctx, tmp_path):
+    out = tmp_path / "run"
+    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=1, checkpoint_every=1), log=_quiet).run()
+    returned = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2, checkpoint_every=1),
+                                      log=_quiet).run()
+    assert load_distilled(out / "distilled.safetensors").meta["iteration"] == 2
+    assert returned.meta.get("iteration", 2) == 2  # an uninterrupted run's set has no "iteration" at all
+
+
+# ---- 2. the three methods --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, metagrad, kind, loss, reserve", [
+    ("mtt-vl", None, "identity", "infonce", 0),
+    ("tesla-vl", None, "identity", "infonce", 0),
+    ("lors", "exact", "lowrank", "wbce", 1),
+])
+def test_methods_learn_their_kind_of_set(base_cfg, ctx, tmp_path, method, metagrad, kind, loss, reserve):
+    cfg = distill_cfg(base_cfg, tmp_path / method, method=method, metagrad=metagrad, iterations=2)
+    dset = Distiller.from_context(ctx, cfg, log=_quiet).run()
+    out = tmp_path / method
+    saved = load_distilled(out / "distilled.safetensors", ctx.identity())
+    n = cfg["distill"]["budget"] - reserve
+    expected_metagrad = {"mtt-vl": "unroll", "tesla-vl": "tesla", "lors": "exact"}[method]
+    for d in (dset, saved):
+        assert len(d) == n == d.similarity.n == d.text_features.shape[0]
+        assert d.images.shape == (n, 3, 32, 32)
+        assert d.similarity.kind == kind
+        assert (d.meta["method"], d.meta["loss"], d.meta["metagrad"]) == (method, loss, expected_metagrad)
+        assert len(d.meta["captions"]) == n and set(d.meta["captions"]) <= set(ctx.splits["train"].captions)
+    assert saved.meta["iteration"] == 2 and len(saved.meta["losses"]) == 2
+    assert all(np.isfinite(saved.meta["losses"]))
+    start = initial_set(ctx, resolve_method(cfg["distill"]), n)  # iteration 0: real pairs
+    assert torch.equal(start.images, initial_set(ctx, resolve_method(cfg["distill"]), n).images)
+    assert not torch.equal(saved.images, start.images)
+    assert not torch.equal(saved.text_features, start.text_features)
+    assert saved.lrs != start.lrs and all(v > 0 for v in saved.lrs.values())
+    if kind == "lowrank":
+        assert not torch.allclose(saved.similarity.matrix(), torch.eye(n))  # S was learned
+    assert (out / "grid_00002.png").is_file() and (out / "checkpoint.safetensors").is_file()
+    assert (out / "similarity_00002.png").is_file() == (kind != "identity")
+    assert _temporaries(out) == []
+
+
+# ---- 3. bad input: a clear error, nothing overwritten --------------------------------------------------------
+
+def test_empty_buffer_is_refused(base_cfg, ctx, tmp_path):
+    cfg = distill_cfg(base_cfg, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    cfg["buffer"]["out_dir"] = str(tmp_path / "empty")
+    with pytest.raises(TrajectoryError, match="no expert files"):
+        Distiller.from_context(ctx, cfg, log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_damaged_expert_file_is_named(base_cfg, ctx, tmp_path, damage):
+    buffer = tmp_path / "buffer"
+    buffer.mkdir()
+    for index in (0, 1):
+        expert_path(buffer, index).write_bytes(expert_path(base_cfg["buffer"]["out_dir"], index).read_bytes())
+    whole = expert_path(buffer, 1).read_bytes()
+    expert_path(buffer, 1).write_bytes(b"" if damage == "empty" else whole[:len(whole) // 2])
+    cfg = distill_cfg(base_cfg, tmp_path / "out")
+    cfg["buffer"]["out_dir"] = str(buffer)
+    with pytest.raises(TrajectoryError, match=r"expert_001\.safetensors is unreadable"):
+        Distiller.from_context(ctx, cfg, log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def test_buffer_of_another_image_size_is_refused(base_cfg, tmp_path):
+    cfg = distill_cfg(base_cfg, tmp_path / "out")
+    cfg["data"]["image_size"] = 64
+    message = r"expert_000\.safetensors was made with image_size = 32, but this run uses 64"
+    with pytest.raises(TrajectoryError, match=message):
+        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def test_budget_larger_than_the_training_split_is_refused(base_cfg, ctx, tmp_path):
+    cfg = distill_cfg(base_cfg, tmp_path / "out", budget=10000)
+    available = len(ctx.splits["train"].captions)
+    message = rf"9999 synthetic pairs \(lors\), but the training split has {available} pairs"
+    with pytest.raises(ValueError, match=message):
+        Distiller.from_context(ctx, cfg, log=_quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def _snapshot(folder):
+    return {p.name: _digest(p) for p in Path(folder).iterdir() if p.is_file()}
+
+
+def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    before = _snapshot(out)
+    assert {"checkpoint.safetensors", "distilled.safetensors", "grid_00002.png"} <= set(before)
+
+    real = distillation.meta_gradient
+    calls = []
+
+    def nan_on_second_call(*args, **kwargs):
+        loss, syn_grads, lr_grads = real(*args, **kwargs)
+        calls.append(loss.item())
+        return (loss * float("nan") if len(calls) == 2 else loss), syn_grads, lr_grads
+
+    monkeypatch.setattr(distillation, "meta_gradient", nan_on_second_call)
+    longer = distill_cfg(base_cfg, out, iterations=4)
+    # resumed at 2: iteration 2 goes through (not a checkpoint), iteration 3 (0-based) gets the NaN
+    with pytest.raises(FloatingPointError, match=r"distillation iteration 3: the matching loss is nan; nothing was "
+                                                 r"written after the last checkpoint"):
+        Distiller.from_context(ctx, longer, log=_quiet).run()
+    assert len(calls) == 2
+    after = _snapshot(out)
+    after.pop("config.yaml"), before.pop("config.yaml")  # rewritten with iterations: 4 when the run starts
+    assert after == before  # checkpoint, first run's distilled set and pictures untouched, nothing new
+    assert _temporaries(out) == []
+
+    monkeypatch.setattr(distillation, "meta_gradient", real)  # the same command, once the cause is gone
+    Distiller.from_context(ctx, longer, log=_quiet).run()
+    _assert_same_final(lors_run[1] / "distilled.safetensors", out / "distilled.safetensors")
+
+
+@pytest.mark.parametrize("key, value", [("syn_steps", 3), ("lr_teacher", 0.05)])
+def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_cfg, ctx, tmp_path, key, value):
+    out = tmp_path / "run"
+    first = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match=rf"holds a run with other settings \(distill\.{key} differ\)"):
+        Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=3, **{key: value}), log=_quiet).run()
+    assert _snapshot(out) == before  # config.yaml included
+
+    logged = []
+    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
+    assert any("at iteration 2" in line for line in logged)
+    extended = load_distilled(out / "distilled.safetensors")
+    assert extended.meta["iteration"] == 3 and len(extended.meta["losses"]) == 3
+    assert extended.meta["losses"][:2] == load_distilled(out / "checkpoint.safetensors").meta["losses"][:2]
+    assert not torch.equal(extended.images, first.images)
+
+
+def test_load_distilled_refuses_other_identity_and_damage(lors_run, ctx, tmp_path):
+    _, out, _ = lors_run
+    path = out / "distilled.safetensors"
+    assert len(load_distilled(path, ctx.identity())) == 5
+    with pytest.raises(DistilledSetError, match="was made with image_size = 32, but this run uses 64"):
+        load_distilled(path, {**ctx.identity(), "image_size": 64})
+    whole = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DistilledSetError, match=r"cut\.safetensors is unreadable .*truncated or damaged"):
+        load_distilled(tmp_path / "cut.safetensors", ctx.identity())
+    with pytest.raises(DistilledSetError, match="not found"):
+        load_distilled(tmp_path / "missing.safetensors")
+    assert _digest(path) == hashlib.sha256(whole).hexdigest()
+
+
+# ---- 4. the artefact ------------------------------------------------------------------------------------------
+
+def test_artefact_round_trip_and_export(lors_run, ctx, tmp_path):
+    _, _, dset = lors_run
+    path = tmp_path / "copy.safetensors"
+    save_distilled(path, dset)
+    back = load_distilled(path, ctx.identity())
+    assert torch.equal(back.images, dset.images) and torch.equal(back.text_features, dset.text_features)
+    assert sorted(back.similarity.params) == ["sim_diag", "sim_left", "sim_right"]
+    for name, tensor in dset.similarity.params.items():
+        assert torch.equal(back.similarity.params[name], tensor)
+    assert back.similarity.spec() == dset.similarity.spec()
+    assert torch.equal(back.similarity.matrix(), dset.similarity.matrix())
+    assert back.lrs == dset.lrs and isinstance(back.lrs["image"], float)
+    assert back.meta == {**dset.meta, "format": FORMAT}
+
+    folder = tmp_path / "export"
+    export_distilled(dset, folder)
+    pngs = sorted((folder / "images").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:04d}.png" for i in range(len(dset))]
+    expected = to_uint8(dset.images, dset.meta["mean"], dset.meta["std"])
+    for i, png in enumerate(pngs):
+        assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), expected[i])
+    assert _temporaries(folder) == []
+    data_cfg = {"name": "exported", "annotations": str(folder / "dataset.json"), "image_root": str(folder / "images")}
+    for split in (load_split(data_cfg, "train"), read_split(folder / "dataset.json", "train", folder / "images", "x")):
+        assert len(split.image_paths) == len(dset) == len(split.captions)
+        assert list(split.captions) == [preprocess_caption(c) for c in dset.meta["captions"]]
+        assert list(split.caption_image) == list(range(len(dset)))
+    source = json.loads((folder / "dataset.json").read_text())["source"]
+    assert source["method"] == "lors" and source["image_size"] == 32
+
+    no_captions = copy.copy(dset)
+    no_captions.meta = {k: v for k, v in dset.meta.items() if k != "captions"}
+    with pytest.raises(DistilledSetError, match="no caption per pair"):
+        export_distilled(no_captions, tmp_path / "none")
+
+
+# ---- 5. evaluate.py --distilled --------------------------------------------------------------------------------
+
+def test_evaluate_distilled_and_random_coreset(base_cfg, lors_run, tmp_path, capsys):
+    cfg, out, _ = lors_run
+    cfg_file = tmp_path / "cfg.yaml"
+    save_config(cfg, cfg_file)
+    random_set = tmp_path / "random_5.safetensors"
+    coreset.main(["--config", str(cfg_file), "--budget", "5", "--out", str(random_set)])
+    coreset_set = load_distilled(random_set)
+    assert len(coreset_set) == 5 and coreset_set.lrs is None and coreset_set.similarity.kind == "identity"
+    result = tmp_path / "r.json"
+    rows = evaluate.main(["--config", str(cfg_file), "--distilled", str(out / "distilled.safetensors"),
+                          str(random_set), "--out", str(result), "--evaluate.students", "2"])
+    assert [label for label, _ in rows] == ["lors (5 pairs)", "random (5 pairs)"]
+    for _, recall in rows:
+        assert {"ir@1", "tr@1", "mean"} <= set(recall)
+        for mean, std in recall.values():
+            assert 0 <= mean <= 100 and std >= 0
+    saved = json.loads(result.read_text())
+    assert saved["config"]["evaluate"]["students"] == 2 and saved["config"]["evaluate"]["epochs"] == 2
+    assert [r["model"] for r in saved["results"]] == ["lors (5 pairs)", "random (5 pairs)"]
+    for (_, recall), entry in zip(rows, saved["results"]):
+        assert {k: list(v) for k, v in recall.items()} == {k: v for k, v in entry.items() if k != "model"}
+    assert "| lors (5 pairs) |" in capsys.readouterr().out
+    with pytest.raises(DistilledSetError, match="image_size = 32, but this run uses 64"):
+        evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--data.image_size", "64"])
