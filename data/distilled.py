@@ -105,3 +105,14 @@ def export_distilled(dset, folder):
         entries.append({"filename": name, "split": "train", "sentences": [{"raw": caption}]})
     atomic_write_json(folder / "dataset.json", {"images": entries, "source": {
         k: dset.meta.get(k) for k in ("method", "dataset", *IDENTITY_KEYS)}})
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="Export a distilled set to PNGs + a Karpathy-style JSON.")
+    parser.add_argument("file", type=Path, help="distilled-set file (distill.py, coreset.py)")
+    parser.add_argument("out", type=Path, help="folder to write images/ and dataset.json into")
+    args = parser.parse_args()
+    dset = load_distilled(args.file)
+    export_distilled(dset, args.out)
+    print(f"{len(dset)} pairs exported to {args.out}")
