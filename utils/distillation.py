@@ -187,7 +187,7 @@ class Distiller:
                 + f"; nothing was written after the last checkpoint in {self.out_dir}. Lower the learning "
                   f"rates (distill.lr_image/lr_text/lr_lr/lr_teacher) or syn_steps")
         self.optimizer.zero_grad(set_to_none=True)
-        for name, tensor in {**self.syn, **{f"lr_{t}": v for t, v in self.lrs.items()}}.items():
+        for name, tensor in self.leaves().items():
             tensor.grad = grads[name]
         self.optimizer.step()
         return loss.item()
