@@ -4,9 +4,7 @@
 """
 from pathlib import Path
 
-import torch
-
-from data.distilled import real_pairs, save_distilled
+from data.distilled import random_pairs, real_pairs, save_distilled
 from utils.config import parse_args
 from utils.context import RunContext
 
@@ -24,15 +22,15 @@ def select_random(ctx, budget, seed):
     available = len(ctx.splits["train"].captions)
     if not 1 <= budget <= available:
         raise SystemExit(f"--budget {budget}: the training split has {available} pairs")
-    return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:budget]
+    return random_pairs(ctx.splits["train"], budget, seed)
 
 
 def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags)
     ctx = RunContext(cfg, splits=("train",))
     picks = select_random(ctx, args.budget, args.seed)
-    meta = {**ctx.identity(), "method": args.method, "loss": "infonce", "budget": args.budget, "seed": args.seed,
-            "mean": list(ctx.mean), "std": list(ctx.std), "config": cfg}
+    meta = {**ctx.artefact_identity(), "method": args.method, "loss": "infonce", "budget": args.budget,
+            "seed": args.seed, "config": cfg}
     save_distilled(args.out, real_pairs(ctx.splits["train"], ctx.features["train"], ctx.test_transform, picks, meta))
     print(f"{args.method} coreset of {args.budget} pairs written to {args.out}")
 

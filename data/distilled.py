@@ -71,6 +71,11 @@ def load_distilled(path, identity=None, with_extras=False):
     return (dset, tensors) if with_extras else dset
 
 
+def random_pairs(split, n, seed):
+    """Caption indices of `n` training pairs drawn at random (reproducibly from `seed`)."""
+    return torch.randperm(len(split.captions), generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def real_pairs(split, features, transform, caption_indices, meta):
     """A set of real training pairs (one image and one caption each), S = I: the initialisation of a
     synthetic set, and the random-coreset baseline."""

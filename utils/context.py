@@ -46,3 +46,7 @@ class RunContext:
                 "text_weights": self.text_encoder.weights_hash,
                 "image_size": self.image_size,
                 "dataset": self.cfg["data"]["name"]}
+
+    def artefact_identity(self):
+        """The identity plus the pixel normalisation: what a distilled set made in this run records."""
+        return {**self.identity(), "mean": list(self.mean), "std": list(self.std)}

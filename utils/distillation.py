@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.distilled import DistilledSet, load_distilled, nearest_captions, real_pairs, save_distilled
+from data.distilled import (DistilledSet, load_distilled, nearest_captions, random_pairs, real_pairs,
+                            save_distilled)
 from utils.config import save_config
 from utils.evaluation import evaluate_set, mean_std
 from utils.io import remove_stale_temporaries
@@ -110,10 +111,9 @@ def synthetic_pairs(dcfg):
 def initial_set(ctx, dcfg, n):
     """N random real training pairs (test transform), or noise; S at its start; lrs at lr_teacher."""
     d, train = dcfg, ctx.splits["train"]
-    picks = torch.randperm(len(train.captions), generator=torch.Generator().manual_seed(d["seed"]))[:n]
-    meta = {**ctx.identity(), "method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
-            "budget": d["budget"], "seed": d["seed"], "mean": list(ctx.mean), "std": list(ctx.std), "init": d["init"]}
-    dset = real_pairs(train, ctx.features["train"], ctx.test_transform, picks, meta)
+    meta = {**ctx.artefact_identity(), "method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
+            "budget": d["budget"], "seed": d["seed"], "init": d["init"]}
+    dset = real_pairs(train, ctx.features["train"], ctx.test_transform, random_pairs(train, n, d["seed"]), meta)
     if d["init"] == "noise":
         gen = torch.Generator().manual_seed(d["seed"])
         dset.images = torch.randn(dset.images.shape, generator=gen)
@@ -285,6 +285,6 @@ def _differences(saved, current, prefix=""):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{name}.")
-        elif a != b and name not in RESUMABLE_KEYS:
+        elif a != b:
             out.append(name)
     return out

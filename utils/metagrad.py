@@ -94,9 +94,10 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
     for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
         leaves = {t: v.requires_grad_(True) for t, v in store.get(i, theta_start).items()}
         grads = torch.autograd.grad(step_loss(i, leaves, syn), list(leaves.values()), create_graph=True)
-        for t, g in zip(leaves, grads):
-            lr_grads[t] -= (g.detach() * adjoint[t]).sum()
-        weighted = sum(eta[t] * (g * adjoint[t]).sum() for t, g in zip(leaves, grads))
+        dots = {t: (g * adjoint[t]).sum() for t, g in zip(leaves, grads)}  # g_i^t · λ_{i+1}^t
+        for t, dot in dots.items():
+            lr_grads[t] -= dot.detach()
+        weighted = sum(eta[t] * dot for t, dot in dots.items())
         inputs = [syn[k] for k in wanted] + ([] if frozen else list(leaves.values()))
         vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
         for k, g in zip(wanted, vjp):
