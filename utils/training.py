@@ -30,8 +30,9 @@ def pair_loader(split, transform, batch_size, seed, num_workers=0):
                       generator=generator, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
-def train_epoch(student, loader, text_source, optimizer, device, desc="train"):
-    """One epoch of symmetric InfoNCE; `text_source(caption_indices)` gives the batch's text features.
+def train_epoch(student, loader, text_source, optimizer, device, desc="train", on_batch=None):
+    """One epoch of symmetric InfoNCE; `text_source(caption_indices)` gives the batch's text features;
+    `on_batch(caption_indices, logits)` sees every batch (e.g. to count forgetting events).
 
     Returns the mean training loss (summed on the device: no synchronisation per step).
     """
@@ -40,6 +41,8 @@ def train_epoch(student, loader, text_source, optimizer, device, desc="train"):
     for images, captions in tqdm(loader, desc=desc, leave=False):
         logits = student(images.to(device, non_blocking=True), text_source(captions))
         loss = infonce(logits)
+        if on_batch is not None:
+            on_batch(captions, logits.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,11 +63,19 @@ def cached_text_source(features, device):
 
 
 @torch.no_grad()
-def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
-    """TR/IR recall of `student` on `split`, with all of its captions."""
+def encode_split(student, split, text_features, transform, device, batch_size=256, num_workers=0):
+    """(image embeddings, one per image; caption embeddings, one per caption) of `split`, normalised."""
     student.eval()
+    # its own generator: a DataLoader without one draws from the global RNG, so scoring a student
+    # mid-training would change the dropout and augmentation of the rest of its training
     loader = DataLoader(SplitImages(split, transform, per_caption=False), batch_size=batch_size,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=torch.Generator())
     images = torch.cat([student.encode_image(x.to(device)) for x, _ in loader])
     texts = torch.cat([student.encode_text(chunk.to(device)) for chunk in text_features.split(batch_size)])
+    return images, texts
+
+
+def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
+    """TR/IR recall of `student` on `split`, with all of its captions."""
+    images, texts = encode_split(student, split, text_features, transform, device, batch_size, num_workers)
     return retrieval_recall(images @ texts.t(), split.caption_image)
