@@ -14,8 +14,8 @@ from tqdm import tqdm
 from utils.config import save_config
 from utils.context import RunContext
 from utils.io import remove_stale_temporaries
-from utils.trajectories import (check_compatible, expert_files, expert_index, expert_path, read_metadata,
-                                save_expert)
+from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
+                                load_expert, read_metadata, save_expert)
 from utils.training import cached_text_source, evaluate_retrieval, pair_loader, student_optimizer, train_epoch
 
 
@@ -85,15 +85,17 @@ def expert_setup(ctx, seed):
     return student, optimizer, loader
 
 
-def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert"):
+def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert", on_batch=None):
     """Train a fresh student with the expert recipe (SGD, per-tower lr, InfoNCE) for buffer.epochs;
-    `on_epoch(epoch, student, loss)` runs after init (epoch 0, loss None) and after every epoch."""
+    `on_epoch(epoch, student, loss)` runs after init (epoch 0, loss None) and after every epoch,
+    `on_batch(caption_indices, logits)` after every batch's forward pass."""
     bcfg = ctx.cfg["buffer"]
     student, optimizer, loader = expert_setup(ctx, seed)
     text_source = cached_text_source(ctx.features["train"], ctx.device)
     on_epoch(0, student, None)
     for epoch in range(1, bcfg["epochs"] + 1):
-        loss = train_epoch(student, loader, text_source, optimizer, ctx.device, desc=f"{name} epoch {epoch}")
+        loss = train_epoch(student, loader, text_source, optimizer, ctx.device, desc=f"{name} epoch {epoch}",
+                           on_batch=on_batch)
         line = on_epoch(epoch, student, loss)
         log(f"{name} epoch {epoch}/{bcfg['epochs']}: train loss {loss:.4f}" + (line or ""))
     return student
@@ -125,3 +127,19 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
 
 def _test_recall(ctx, student):
     return evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device)
+
+
+def expert_students(ctx, path, epochs=None):
+    """[(epoch, student at that snapshot)] of one expert file (default: its first and last epochs) and the
+    file's metadata; the file must match this run's encoders, image size and parameter layout."""
+    identity = {k: v for k, v in ctx.identity().items() if k != "dataset"}
+    snapshots, meta = load_expert(path, identity, ctx.new_student(0).layouts())
+    last = snapshots["image"].shape[0] - 1
+    students = []
+    for epoch in epochs if epochs is not None else [0, last]:
+        if not 0 <= epoch <= last:
+            raise TrajectoryError(f"{path} holds epochs 0..{last}; epoch {epoch} does not exist")
+        student = ctx.new_student(0)
+        student.load_flat({tower: thetas[epoch] for tower, thetas in snapshots.items()})
+        students.append((epoch, student))
+    return students, meta
