@@ -1,89 +1,160 @@
-"""Retrieval evaluation (METHOD §7): of distilled sets (fresh students trained on each, mean ± std), of a
-saved expert snapshot, or of a student trained on the full training split with the expert recipe.
+"""Retrieval evaluation (METHOD §7) of distilled sets, of the full training split, or of expert snapshots.
 
-    python evaluate.py --config configs/tuxpaint/lors.yaml --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_49.safetensors
-    python evaluate.py --config configs/tuxpaint/buffer.yaml --expert runs/tuxpaint/buffer/expert_000.safetensors --epochs 0 5
+    python evaluate.py --config configs/tuxpaint/lors.yaml --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_50.safetensors
+    python evaluate.py --config configs/tuxpaint/buffer.yaml --distilled runs/tuxpaint/exported/   # images/ + dataset.json
     python evaluate.py --config configs/tuxpaint/buffer.yaml --full-data
+    python evaluate.py --config configs/tuxpaint/lors.yaml --distilled SET --student-image-encoder nf_resnet50
+    python evaluate.py --config configs/tuxpaint/buffer.yaml --expert runs/tuxpaint/buffer/expert_000.safetensors --epochs 0 4
+
+A distilled set (an artefact of distill.py / coreset.py, or a folder of PNGs + captions) gets
+`evaluate.students` fresh students; each is scored on val and test every `evaluate.checkpoint_every` epochs,
+and the test recall is reported under three protocols (utils/evaluation.py). Writes JSON (--out), a markdown
+table and a PNG of recall against student epochs beside it.
 """
+import time
 from pathlib import Path
 
-from data.distilled import load_distilled
+from data.distilled import load_distilled, read_folder, renormalised
 from utils.config import parse_args
 from utils.context import RunContext
-from utils.evaluation import evaluate_set, mean_std
-from utils.experts import fit_expert
-from utils.io import atomic_write_json
+from utils.evaluation import PROTOCOLS, recall_curve, student_curves, summarise
+from utils.experts import expert_students, fit_expert
+from utils.io import atomic_write_json, atomic_write_text
 from utils.metrics import format_table
-from utils.trajectories import load_expert
 from utils.training import evaluate_retrieval
+from utils.visuals import save_curves
+
+CROSS_ARCHITECTURE_KEYS = ("text_encoder", "text_weights", "image_size")
 
 
 def _flags(parser):
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--distilled", type=Path, nargs="+", help="distilled-set files (distill.py, coreset.py)")
+    source.add_argument("--distilled", type=Path, nargs="+",
+                        help="distilled-set files (distill.py, coreset.py) or folders of images/ + dataset.json")
     source.add_argument("--expert", type=Path, help="expert trajectory file written by buffer.py")
     source.add_argument("--full-data", action="store_true",
                         help="train a student on the whole training split (expert recipe), then evaluate")
     parser.add_argument("--epochs", type=int, nargs="+",
                         help="snapshots of --expert to evaluate (default: first and last)")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--student-image-encoder",
+                        help="cross-architecture evaluation: train students with this timm image encoder")
+    parser.add_argument("--student-image-weights", default="none",
+                        help="its weights: none (random init), hub, or a local file (default: none)")
+    parser.add_argument("--out", type=Path,
+                        help="results JSON (default: runs/<dataset>/eval/<first source>.json); .md and .png beside it")
 
 
-def evaluate_expert(ctx, path, epochs, split):
-    """[(label, recall)] for the requested snapshots of one expert file."""
-    identity = {k: v for k, v in ctx.identity().items() if k != "dataset"}
-    snapshots, meta = load_expert(path, identity, ctx.new_student(0).layouts())
-    last = snapshots["image"].shape[0] - 1
-    rows = []
-    for epoch in epochs if epochs is not None else [0, last]:
-        if not 0 <= epoch <= last:
-            raise SystemExit(f"{path} holds epochs 0..{last}; epoch {epoch} does not exist")
-        student = ctx.new_student(0)
-        student.load_flat({tower: thetas[epoch] for tower, thetas in snapshots.items()})
-        label = f"expert {meta['expert']}, epoch {epoch}" + (" (start)" if epoch == 0 else "")
-        rows.append((label, _recall(ctx, student, split)))
-    return rows
+def load_set(ctx, path, cross_architecture=False):
+    """A distilled-set file or a folder, checked against (and converted for) this run's student."""
+    if Path(path).is_dir():
+        return read_folder(path, ctx.text_encoder, ctx.test_transform, ctx.artefact_identity())
+    if not cross_architecture:
+        return load_distilled(path, ctx.identity())
+    return renormalised(load_distilled(path, ctx.identity(), keys=CROSS_ARCHITECTURE_KEYS), ctx.mean, ctx.std)
 
 
-def evaluate_distilled(ctx, paths, split):
-    """[(label, {metric: (mean, std)})]: `evaluate.students` fresh students per distilled set."""
-    rows = []
+def describe(dset, path):
+    """What the results table needs to know about a set besides its recall."""
+    method, metagrad = dset.meta.get("method", "?"), dset.meta.get("metagrad")
+    name = f"{method} · {metagrad}" if metagrad else method
+    return {"model": f"{name} ({len(dset)} pairs)", "method": method, "metagrad": metagrad,
+            "budget": dset.meta.get("budget", len(dset)), "pairs": len(dset), "source": str(path)}
+
+
+def evaluate_distilled(ctx, paths, cross_architecture=False, log=print):
+    entries = []
     for path in paths:
-        dset = load_distilled(path, ctx.identity())
-        recall = mean_std(evaluate_set(ctx, dset, ctx.cfg["evaluate"], split))
-        rows.append((f"{dset.meta['method']} ({len(dset)} pairs)", recall))
-    return rows
+        dset = load_set(ctx, path, cross_architecture)
+        start = time.time()
+        curves = student_curves(ctx, dset, ctx.cfg["evaluate"], log=log)
+        seconds = (time.time() - start) / len(curves)
+        entries.append({**describe(dset, path), "students": len(curves), **summarise(curves),
+                        "seconds_per_student": round(seconds, 1), "curves": curves})
+    return entries
 
 
-def evaluate_full_data(ctx, split):
+def evaluate_full_data(ctx):
+    """The upper bound: one student trained on the whole training split with the expert recipe."""
     seed = ctx.cfg["buffer"].get("seed", 0)
-    student = fit_expert(ctx, seed, lambda *_: None, name="full data")
-    return [(f"full data, {ctx.cfg['buffer']['epochs']} epochs", _recall(ctx, student, split))]
+    start = time.time()
+    curve = recall_curve(ctx, ("val", "test"), lambda record: fit_expert(
+        ctx, seed, lambda epoch, student, _loss: record(epoch, student), name="full data"))
+    pairs = len(ctx.splits["train"].captions)
+    return [{"model": f"full data ({pairs} pairs)", "method": "full data", "metagrad": None, "budget": None,
+             "pairs": pairs, "source": ctx.cfg["data"]["annotations"], "students": 1, **summarise([curve]),
+             "seconds_per_student": round(time.time() - start, 1), "curves": [curve]}]
 
 
-def _recall(ctx, student, split):
-    return evaluate_retrieval(student, ctx.splits[split], ctx.features[split], ctx.test_transform, ctx.device)
+def evaluate_expert(ctx, path, epochs):
+    """[(label, test recall)] for the requested snapshots of one expert file."""
+    students, meta = expert_students(ctx, path, epochs)
+    return [(f"expert {meta['expert']}, epoch {epoch}" + (" (start)" if epoch == 0 else ""),
+             evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device))
+            for epoch, student in students]
+
+
+def markdown(ctx, entries):
+    """The papers' layout (IR@1/5/10, TR@1/5/10, mean), one table per protocol."""
+    test = ctx.splits["test"]
+    lines = [f"# {ctx.cfg['data']['name']}: test retrieval (%, {len(test.image_paths)} images, "
+             f"{len(test.captions)} captions), mean ± std over students"]
+    for protocol in PROTOCOLS:
+        rows = [(f"{e['model']}, {e['students']} student{'s' * (e['students'] > 1)}", e["protocols"][protocol])
+                for e in entries if protocol in e["protocols"]]
+        note = " (checkpoint chosen on test: for comparison with the LoRS tables only)" \
+            if protocol == "as published" else ""
+        lines += ["", f"## {protocol}{note}", "", format_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out, ctx, entries):
+    """JSON (everything, config included), markdown and the recall-against-epochs PNG."""
+    atomic_write_json(out, {"dataset": ctx.cfg["data"]["name"], "split": "test", "results": entries,
+                            "config": ctx.cfg})
+    atomic_write_text(out.with_suffix(".md"), markdown(ctx, entries))
+    series = []
+    for e in entries:
+        mean_over = lambda split: [sum(c[split][i]["mean"] for c in e["curves"]) / len(e["curves"])  # noqa: E731
+                                   for i in range(len(e["curves"][0]["epochs"]))]
+        series.append((e["model"], e["curves"][0]["epochs"], {s: mean_over(s) for s in ("val", "test")}))
+    save_curves(out.with_suffix(".png"), series, f"{ctx.cfg['data']['name']}: students' mean recall")
+
+
+def _default_out(cfg, args):
+    if args.full_data:
+        name = "full_data"
+    else:
+        first = args.distilled[0]
+        name = first.parent.name if first.stem == "distilled" else first.stem
+    return Path("runs") / cfg["data"]["name"] / "eval" / f"{name}.json"
 
 
 def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags)
-    splits = ("train", args.split) if args.full_data else (args.split,)
+    if args.student_image_encoder:
+        cfg["model"].update(image_encoder=args.student_image_encoder, image_weights=args.student_image_weights)
+    splits = ("test",) if args.expert else ("train", "val", "test") if args.full_data else ("val", "test")
     ctx = RunContext(cfg, splits=splits)
+    test = ctx.splits["test"]
+    if args.expert:
+        rows = evaluate_expert(ctx, args.expert, args.epochs)
+        print(f"\n{cfg['data']['name']} test retrieval (%, {len(test.image_paths)} images)\n{format_table(rows)}")
+        if args.out:
+            atomic_write_json(args.out, {"split": "test", "results": [{"model": m, **r} for m, r in rows],
+                                         "config": cfg})
+        return rows
     if args.full_data:
-        rows = evaluate_full_data(ctx, args.split)
-    elif args.distilled:
-        rows = evaluate_distilled(ctx, args.distilled, args.split)
+        entries = evaluate_full_data(ctx)
     else:
-        rows = evaluate_expert(ctx, args.expert, args.epochs, args.split)
-    students = f", mean ± std over {cfg['evaluate']['students']} students" if args.distilled else ""
-    print(f"\n{cfg['data']['name']} {args.split} retrieval (%, {len(ctx.splits[args.split].image_paths)} images"
-          f"{students})")
-    print(format_table(rows))
-    if args.out:
-        atomic_write_json(args.out, {"split": args.split, "results": [{"model": m, **r} for m, r in rows],
-                                     "config": cfg})
-    return rows
+        entries = evaluate_distilled(ctx, args.distilled, bool(args.student_image_encoder))
+    if args.student_image_encoder:
+        for entry in entries:
+            entry.update(model=f"{entry['model']} → {args.student_image_encoder} student",
+                         student_image_encoder=args.student_image_encoder)
+    out = args.out or _default_out(cfg, args)
+    write_results(out, ctx, entries)
+    print("\n" + markdown(ctx, entries) + f"\nwritten: {out} (+ .md, .png)")
+    return entries
 
 
 if __name__ == "__main__":

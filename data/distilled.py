@@ -5,12 +5,14 @@ similarity factors (`sim_*`); metadata: method, identity (encoders, weight hashe
 normalisation, similarity spec, learned student lrs, captions (nearest real ones, or generated), config,
 seed and provenance. `export_distilled` writes it as PNGs + a Karpathy-style JSON for any other trainer.
 """
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from data.annotations import read_split
 from data.images import SplitImages
 from utils.io import atomic_path, atomic_write_json, read_tensor_file, save_tensors
 from utils.similarity import Similarity
@@ -47,8 +49,9 @@ def save_distilled(path, dset, extra_tensors=None, extra_meta=None):
     save_tensors(path, {**dset.tensors(), **(extra_tensors or {})}, {**dset.metadata(), **(extra_meta or {})})
 
 
-def load_distilled(path, identity=None, with_extras=False):
-    """Read a distilled set; with `identity`, refuse one made for other encoders or another image size."""
+def load_distilled(path, identity=None, with_extras=False, keys=IDENTITY_KEYS):
+    """Read a distilled set; with `identity`, refuse one made for other encoders or another image size
+    (the identity `keys`; cross-architecture evaluation leaves out the image encoder's)."""
     path = Path(path)
     if not path.is_file():
         raise DistilledSetError(f"distilled set {path} not found")
@@ -60,7 +63,7 @@ def load_distilled(path, identity=None, with_extras=False):
         raise DistilledSetError(f"distilled set {path} is unreadable ({err}); it is truncated or damaged") from err
     if meta.get("format") != FORMAT:
         raise DistilledSetError(f"{path} is not a distilled set of this toolkit ({FORMAT})")
-    for key in IDENTITY_KEYS if identity is not None else ():
+    for key in keys if identity is not None else ():
         if meta.get(key) != identity[key]:
             raise DistilledSetError(
                 f"distilled set {path} was made with {key} = {meta.get(key)}, but this run uses {identity[key]}; "
@@ -84,6 +87,31 @@ def real_pairs(split, features, transform, caption_indices, meta):
     captions = [split.captions[int(c)] for c in caption_indices]
     return DistilledSet(pixels, features[caption_indices].clone(), Similarity("identity", len(pixels)), None,
                         {**meta, "captions": captions, "source_captions": [int(c) for c in caption_indices]})
+
+
+def read_folder(folder, text_encoder, transform, meta):
+    """A set of real-looking pairs from `folder/dataset.json` (Karpathy format, as `export_distilled` and
+    EDGE write it) and `folder/images/`: one pair per caption, captions encoded with the frozen
+    `text_encoder`, S = I. With the source's learned text features, S and lrs gone, it trains like a coreset."""
+    folder = Path(folder)
+    annotations = folder / "dataset.json"
+    if not annotations.is_file():
+        raise DistilledSetError(f"{folder} holds no dataset.json: expected images/ and a Karpathy-style dataset.json")
+    split = read_split(annotations, "train", folder / "images", f"folder:{folder.name}")
+    source = json.loads(annotations.read_text()).get("source") or {}
+    caption_indices = torch.arange(len(split.captions))
+    return real_pairs(split, text_encoder.encode(list(split.captions)), transform, caption_indices,
+                      {"method": source.get("method") or "folder", "budget": len(split.captions), "loss": "infonce",
+                       **meta, "source": str(folder)})
+
+
+def renormalised(dset, mean, std):
+    """The set with its pixels moved to another encoder's normalisation (cross-architecture evaluation)."""
+    shape = (1, 3, 1, 1)
+    old_mean, old_std = (torch.tensor(dset.meta[k], dtype=torch.float32).view(shape) for k in ("mean", "std"))
+    pixels = dset.images * old_std + old_mean
+    images = (pixels - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+    return replace(dset, images=images, meta={**dset.meta, "mean": list(mean), "std": list(std)})
 
 
 def nearest_captions(text_features, reference_features, reference_captions):

@@ -124,7 +124,7 @@ def test_evaluate_reports_start_and_trained_snapshots(tiny_cfg, tmp_path, monkey
     assert "| expert 0, epoch 2 |" in printed and "IR@1" in printed
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["results"][1]["mean"] == pytest.approx(rows[1][1]["mean"]) and saved["config"] == tiny_cfg
-    with pytest.raises(SystemExit, match="epochs 0..2; epoch 5 does not exist"):
+    with pytest.raises(TrajectoryError, match="epochs 0..2; epoch 5 does not exist"):
         evaluate.main(["--config", str(cfg_file), "--expert", str(path), "--epochs", "5"])
     cfg_file.write_text(yaml.safe_dump({**tiny_cfg, "data": {**tiny_cfg["data"], "image_size": 40}}))
     with pytest.raises(TrajectoryError, match="image_size = 32, but this run uses 40"):

@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-import coreset
-import evaluate
 import utils.distillation as distillation
 from data.annotations import load_split, preprocess_caption, read_split
 from data.distilled import FORMAT, DistilledSetError, export_distilled, load_distilled, save_distilled
-from utils.config import load_config, save_config
+from utils.config import load_config
 from utils.context import RunContext
 from utils.distillation import Distiller, initial_set, resolve_method
 from utils.experts import run_buffer
@@ -335,33 +333,7 @@ def test_artefact_round_trip_and_export(lors_run, ctx, tmp_path):
         export_distilled(no_captions, tmp_path / "none")
 
 
-# ---- 5. evaluate.py --distilled --------------------------------------------------------------------------------
-
-def test_evaluate_distilled_and_random_coreset(base_cfg, lors_run, tmp_path, capsys):
-    cfg, out, _ = lors_run
-    cfg_file = tmp_path / "cfg.yaml"
-    save_config(cfg, cfg_file)
-    random_set = tmp_path / "random_5.safetensors"
-    coreset.main(["--config", str(cfg_file), "--budget", "5", "--out", str(random_set)])
-    coreset_set = load_distilled(random_set)
-    assert len(coreset_set) == 5 and coreset_set.lrs is None and coreset_set.similarity.kind == "identity"
-    result = tmp_path / "r.json"
-    rows = evaluate.main(["--config", str(cfg_file), "--distilled", str(out / "distilled.safetensors"),
-                          str(random_set), "--out", str(result), "--evaluate.students", "2"])
-    assert [label for label, _ in rows] == ["lors (5 pairs)", "random (5 pairs)"]
-    for _, recall in rows:
-        assert {"ir@1", "tr@1", "mean"} <= set(recall)
-        for mean, std in recall.values():
-            assert 0 <= mean <= 100 and std >= 0
-    saved = json.loads(result.read_text())
-    assert saved["config"]["evaluate"]["students"] == 2 and saved["config"]["evaluate"]["epochs"] == 2
-    assert [r["model"] for r in saved["results"]] == ["lors (5 pairs)", "random (5 pairs)"]
-    for (_, recall), entry in zip(rows, saved["results"]):
-        assert {k: list(v) for k, v in recall.items()} == {k: v for k, v in entry.items() if k != "model"}
-    assert "| lors (5 pairs) |" in capsys.readouterr().out
-    with pytest.raises(DistilledSetError, match="image_size = 32, but this run uses 64"):
-        evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--data.image_size", "64"])
-
+# ---- 5. periodic evaluation ----------------------------------------------------------------------------------
 
 def test_periodic_evaluation_logs_val_recall(base_cfg, ctx, tmp_path):
     cfg = distill_cfg(base_cfg, tmp_path / "run", iterations=2, eval_every=2, eval_students=2)

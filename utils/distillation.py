@@ -14,7 +14,7 @@ from tqdm import tqdm
 from data.distilled import (DistilledSet, load_distilled, nearest_captions, random_pairs, real_pairs,
                             save_distilled)
 from utils.config import save_config
-from utils.evaluation import evaluate_set, mean_std
+from utils.evaluation import mean_std, student_curves
 from utils.io import remove_stale_temporaries
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
@@ -268,8 +268,9 @@ class Distiller:
         return dset
 
     def evaluate(self, iteration):
-        ecfg = {**self.cfg["evaluate"], "students": self.dcfg["eval_students"]}
-        recall = mean_std(evaluate_set(self.ctx, self.current_set(), ecfg, "val", log=lambda _: None))
+        ecfg = {**self.cfg["evaluate"], "students": self.dcfg["eval_students"], "checkpoint_every": 0}
+        curves = student_curves(self.ctx, self.current_set(), ecfg, ("val",), log=lambda _: None)
+        recall = mean_std([curve["val"][-1] for curve in curves])
         self.log(f"iteration {iteration}: val mean recall {recall['mean'][0]:.2f} ± {recall['mean'][1]:.2f} "
                  f"({ecfg['students']} students)")
 

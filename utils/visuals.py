@@ -110,3 +110,24 @@ def save_heatmap(path, matrix, title):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def save_curves(path, series, title):
+    """PNG of mean recall against student epochs: `series` = [(label, epochs, {split: [recall per epoch]})];
+    test solid, val dashed, one colour per label."""
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for k, (label, epochs, by_split) in enumerate(series):
+        for split, style in (("test", "-"), ("val", "--")):
+            if split in by_split:
+                ax.plot(epochs, by_split[split], style, color=f"C{k % 10}", marker=".",
+                        label=f"{label} ({split})")
+    ax.set_xlabel("student epoch")
+    ax.set_ylabel("mean recall (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

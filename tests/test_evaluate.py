@@ -1,0 +1,213 @@
+"""Evaluation and coresets on a slice of the real Tux Paint data with the real offline encoders (32 px): the three
+protocols, reproducibility, the PNG + JSON round trip, cross-architecture students, full data, coreset methods,
+and refused inputs."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import coreset
+import evaluate
+from data.annotations import AnnotationError
+from data.distilled import DistilledSetError, export_distilled, load_distilled, renormalised, save_distilled
+from utils.config import load_config, save_config
+from utils.context import RunContext
+from utils.evaluation import PROTOCOLS, select, summarise, train_student
+from utils.experts import expert_students, run_buffer
+from utils.selection import herding, k_center
+from utils.trajectories import expert_path
+
+ROOT = Path(__file__).resolve().parents[1]
+TUXPAINT = ROOT / "datasets" / "tuxpaint"
+
+
+def _quiet(_msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cfg(tux_slice, shared_cache, tmp_path_factory):
+    """The demo config on the slice: one expert × 2 epochs; students: 2 × 2 epochs, scored every epoch."""
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
+    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"))
+    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("eval_buffer") / "buffer"), num_experts=1, epochs=2,
+                         batch_size=8, eval_every=0)
+    cfg["evaluate"].update(students=2, epochs=2, checkpoint_every=1)
+    cfg.update(cache_dir=str(shared_cache), device="cpu")
+    run_buffer(cfg, log=_quiet)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cfg_file(cfg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval_cfg") / "cfg.yaml"
+    save_config(cfg, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_set(cfg_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sets") / "random_5.safetensors"
+    coreset.main(["--config", str(cfg_file), "--method", "random", "--budget", "5", "--out", str(path)])
+    return path
+
+
+def _recall(mean):
+    return {"ir@1": mean, "tr@1": mean, "mean": mean}
+
+
+def _entry(result):
+    return {k: result[k] for k in ("protocols", "epochs")}
+
+
+# ---- the protocols ---------------------------------------------------------------------------------------------
+
+def test_val_selection_picks_the_best_epoch_on_val_not_on_test():
+    curve = {"epochs": [0, 10, 20, 30], "val": [_recall(v) for v in (1.0, 9.0, 4.0, 9.0)],
+             "test": [_recall(v) for v in (2.0, 5.0, 8.0, 3.0)]}
+    picks = select(curve)
+    assert picks["val-selected"] == (10, curve["test"][1])   # val best at 10 (tie with 30: the earlier one)
+    assert picks["as published"] == (20, curve["test"][2])   # test best at 20
+    assert picks["last epoch"] == (30, curve["test"][3])
+    other = {**curve, "val": [_recall(v) for v in (1.0, 2.0, 3.0, 0.5)]}
+    summary = summarise([curve, other])
+    assert summary["epochs"] == {"last epoch": [30, 30], "val-selected": [10, 20], "as published": [20, 20]}
+    assert summary["protocols"]["val-selected"]["mean"] == pytest.approx((6.5, 2.1213203))
+    assert summary["protocols"]["as published"]["mean"] == (8.0, 0.0)
+
+
+def test_scoring_a_student_does_not_change_its_training(cfg):
+    ctx = RunContext(cfg, splits=("train", "val", "test"), log=_quiet)
+    dset = load_distilled(_make_random(ctx, 6))
+    scored = []
+    a = train_student(ctx, dset, cfg["evaluate"], 1, on_checkpoint=lambda e, s: scored.append(
+        evaluate.evaluate_retrieval(s, ctx.splits["val"], ctx.features["val"], ctx.test_transform, ctx.device)))
+    b = train_student(ctx, dset, cfg["evaluate"], 1)
+    assert len(scored) == 3  # epochs 0, 1, 2
+    for tower in ("image", "text"):
+        assert torch.equal(a.flatten()[tower], b.flatten()[tower])
+
+
+def _make_random(ctx, n, path=None):
+    from data.distilled import random_pairs, real_pairs
+    path = path or Path(ctx.cfg["buffer"]["out_dir"]).parent / f"random_{n}.safetensors"
+    save_distilled(path, real_pairs(ctx.splits["train"], ctx.features["train"], ctx.test_transform,
+                                    random_pairs(ctx.splits["train"], n, 0),
+                                    {**ctx.artefact_identity(), "method": "random", "budget": n}))
+    return path
+
+
+# ---- evaluate.py ---------------------------------------------------------------------------------------------
+
+def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(cfg_file, random_set, tmp_path):
+    first = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "a.json")])
+    again = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "b.json")])
+    assert [_entry(e) for e in first] == [_entry(e) for e in again]
+    entry = first[0]
+    assert entry["method"] == "random" and entry["budget"] == 5 and entry["pairs"] == 5 and entry["students"] == 2
+    assert set(entry["protocols"]) == set(PROTOCOLS)
+    assert [c["epochs"] for c in entry["curves"]] == [[0, 1, 2]] * 2
+    for curve in entry["curves"]:  # "last epoch" is each student's final test score
+        assert curve["test"][-1]["mean"] in [c["test"][-1]["mean"] for c in entry["curves"]]
+    assert entry["protocols"]["last epoch"]["mean"][0] == pytest.approx(
+        sum(c["test"][-1]["mean"] for c in entry["curves"]) / 2)
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["dataset"] == "tuxslice" and saved["config"]["evaluate"]["epochs"] == 2
+    assert saved["results"][0]["protocols"] == json.loads(json.dumps(entry["protocols"]))
+    markdown = (tmp_path / "a.md").read_text()
+    assert [line for line in markdown.splitlines() if line.startswith("## ")] == [
+        "## last epoch", "## val-selected",
+        "## as published (checkpoint chosen on test: for comparison with the LoRS tables only)"]
+    assert "| random (5 pairs), 2 students |" in markdown
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_exported_folder_evaluates_like_its_artefact(cfg, cfg_file, random_set, tmp_path):
+    ctx = RunContext(cfg, splits=("val", "test"), log=_quiet)
+    original = load_distilled(random_set)
+    export_distilled(original, tmp_path / "export")
+    imported = evaluate.load_set(ctx, tmp_path / "export")
+    assert torch.equal(imported.images, original.images)
+    assert torch.allclose(imported.text_features, original.text_features, atol=1e-5)
+    assert imported.meta["method"] == "random" and imported.similarity.kind == "identity"
+    from_folder = evaluate.main(["--config", str(cfg_file), "--distilled", str(tmp_path / "export"),
+                                 "--out", str(tmp_path / "f.json")])
+    from_file = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set),
+                               "--out", str(tmp_path / "a.json")])
+    assert _entry(from_folder[0]) == _entry(from_file[0])
+
+
+def test_a_folder_naming_a_missing_image_is_refused(cfg_file, random_set, tmp_path):
+    export_distilled(load_distilled(random_set), tmp_path / "export")
+    (tmp_path / "export" / "images" / "0003.png").unlink()
+    with pytest.raises(AnnotationError, match=r"missing under .*export/images, e\.g\. .*0003\.png"):
+        evaluate.main(["--config", str(cfg_file), "--distilled", str(tmp_path / "export")])
+    assert not (tmp_path / "export" / "images" / "0003.png").exists()
+
+
+def test_an_artefact_of_another_encoder_or_image_size_is_refused(cfg_file, random_set, tmp_path):
+    dset = load_distilled(random_set)
+    foreign = tmp_path / "foreign.safetensors"
+    dset.meta["image_encoder"] = "nfnet_l0"
+    save_distilled(foreign, dset)
+    before = foreign.read_bytes()
+    with pytest.raises(DistilledSetError, match="image_encoder = nfnet_l0, but this run uses tf_efficientnet_lite0"):
+        evaluate.main(["--config", str(cfg_file), "--distilled", str(foreign), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(DistilledSetError, match="image_size = 32, but this run uses 64"):
+        evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--data.image_size", "64",
+                       "--out", str(tmp_path / "r.json")])
+    assert foreign.read_bytes() == before and not (tmp_path / "r.json").exists()
+
+
+def test_cross_architecture_students_train_on_renormalised_pixels(cfg_file, random_set, tmp_path):
+    dset = load_distilled(random_set)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    moved = renormalised(dset, mean, std)
+    pixels = lambda d: d.images * torch.tensor(d.meta["std"]).view(1, 3, 1, 1) + torch.tensor(  # noqa: E731
+        d.meta["mean"]).view(1, 3, 1, 1)
+    assert torch.allclose(pixels(moved), pixels(dset), atol=1e-6) and moved.meta["mean"] == list(mean)
+    assert not torch.allclose(moved.images, dset.images)
+    entries = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--student-image-encoder",
+                             "nf_resnet50", "--evaluate.students", "1", "--out", str(tmp_path / "x.json")])
+    assert entries[0]["student_image_encoder"] == "nf_resnet50"
+    assert entries[0]["model"] == "random (5 pairs) → nf_resnet50 student"
+    assert 0.0 <= entries[0]["protocols"]["val-selected"]["mean"][0] <= 100.0
+
+
+def test_full_data_is_scored_after_every_epoch(cfg_file, tmp_path):
+    entries = evaluate.main(["--config", str(cfg_file), "--full-data", "--out", str(tmp_path / "full.json")])
+    entry = entries[0]
+    assert entry["method"] == "full data" and entry["budget"] is None and entry["students"] == 1
+    assert entry["curves"][0]["epochs"] == [0, 1, 2]
+    last = entry["curves"][0]["test"][-1]
+    assert entry["protocols"]["last epoch"] == {k: (v, 0.0) for k, v in last.items()}
+
+
+# ---- coreset.py ----------------------------------------------------------------------------------------------
+
+def test_coresets_are_real_pairs_chosen_by_their_method(cfg, cfg_file, tmp_path):
+    ctx = RunContext(cfg, splits=("train",), log=_quiet)
+    students, _ = expert_students(ctx, expert_path(cfg["buffer"]["out_dir"], 0), [2])
+    (_, student), = students
+    features = coreset.joint_embeddings(ctx, student)
+    assert features.shape == (len(ctx.splits["train"].captions), 2 * student.image.out_dim)
+    expected = {"herding": herding(features, 6), "k-center": k_center(features, 6, 3)}
+    for method in ("herding", "k-center", "forgetting"):
+        out = tmp_path / f"{method}.safetensors"
+        coreset.main(["--config", str(cfg_file), "--method", method, "--budget", "6", "--seed", "3", "--out", str(out)])
+        dset = load_distilled(out, ctx.identity())
+        assert len(dset) == 6 and dset.lrs is None and dset.similarity.kind == "identity"
+        picks = dset.meta["source_captions"]
+        assert len(set(picks)) == 6 and dset.meta["method"] == method
+        assert torch.equal(dset.text_features, ctx.features["train"][picks])
+        if method in expected:
+            assert picks == expected[method].tolist() and dset.meta["expert_epoch"] == 2
+
+
+def test_a_budget_larger_than_the_pool_is_refused(cfg_file, tmp_path):
+    for method in ("random", "herding"):
+        with pytest.raises(SystemExit, match=r"--budget 1000: the training split has \d+ pairs; choose 1 to"):
+            coreset.main(["--config", str(cfg_file), "--method", method, "--budget", "1000",
+                          "--out", str(tmp_path / "c.safetensors")])
+    assert not (tmp_path / "c.safetensors").exists()
