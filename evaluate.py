@@ -17,7 +17,7 @@ from pathlib import Path
 from data.distilled import load_distilled, read_folder, renormalised
 from utils.config import parse_args
 from utils.context import RunContext
-from utils.evaluation import PROTOCOLS, recall_curve, student_curves, summarise
+from utils.evaluation import PROTOCOLS, scorer, student_curves, summarise
 from utils.experts import expert_students, fit_expert
 from utils.io import atomic_write_json, atomic_write_text
 from utils.metrics import format_table
@@ -77,8 +77,8 @@ def evaluate_full_data(ctx):
     """The upper bound: one student trained on the whole training split with the expert recipe."""
     seed = ctx.cfg["buffer"].get("seed", 0)
     start = time.time()
-    curve = recall_curve(ctx, ("val", "test"), lambda record: fit_expert(
-        ctx, seed, lambda epoch, student, _loss: record(epoch, student), name="full data"))
+    curve, record = scorer(ctx, ("val", "test"))
+    fit_expert(ctx, seed, lambda epoch, student, _loss: record(epoch, student), name="full data")
     pairs = len(ctx.splits["train"].captions)
     return [{"model": f"full data ({pairs} pairs)", "method": "full data", "metagrad": None, "budget": None,
              "pairs": pairs, "source": ctx.cfg["data"]["annotations"], "students": 1, **summarise([curve]),

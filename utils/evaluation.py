@@ -10,14 +10,14 @@ gives the three reported protocols without storing any weights:
 - "val-selected": test recall at the checkpoint with the best val mean recall (ours, the honest one);
 - "as published": the best test recall over the checkpoints (LoRS's public code; for comparison only).
 """
-import math
 import statistics
 
 import torch
+from torch.func import grad_and_value, vmap
 from tqdm import tqdm
 
 from utils.losses import get_loss
-from utils.training import evaluate_retrieval, student_optimizer
+from utils.training import evaluate_retrieval, tower_optimizer
 
 PROTOCOLS = ("last epoch", "val-selected", "as published")
 
@@ -27,44 +27,87 @@ def checkpoint_epochs(epochs, every):
     return sorted(set(range(0, epochs + 1, every or max(epochs, 1))) | {epochs})
 
 
-def train_student(ctx, dset, ecfg, seed, on_checkpoint=None, desc="student"):
-    """A fresh student trained on `dset` with the evaluation recipe `ecfg` (the config's `evaluate`);
-    `on_checkpoint(epoch, student)` runs at each of `checkpoint_epochs`."""
-    student = ctx.new_student(seed).train()
+def train_students(ctx, dset, ecfg, seeds, on_checkpoint=None, desc="student"):
+    """Fresh students, one per seed, trained on `dset` with the evaluation recipe `ecfg` (the config's
+    `evaluate`); `on_checkpoint(k, epoch, student)` runs for student k at each of `checkpoint_epochs`.
+
+    One seed: a plain module. Several: trained together, their flat parameters stacked and one vmapped
+    forward and backward per step (each student keeps its own data order; SGD is elementwise, so one
+    optimizer over the stack is each student's own).
+    """
+    students = [ctx.new_student(seed).train() for seed in seeds]
     lrs = dset.lrs or {"image": ecfg["lr_image"], "text": ecfg["lr_text"]}
-    optimizer = student_optimizer(student, lrs["image"], lrs["text"], ecfg["momentum"], ecfg["weight_decay"])
-    epochs = ecfg["epochs"]
-    checkpoints = checkpoint_epochs(epochs, ecfg.get("checkpoint_every", 10)) if on_checkpoint else []
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [epochs // 2], 0.1)
     loss_fn = get_loss(dset.meta.get("loss", "infonce"))
     images, texts = dset.images.to(ctx.device), dset.text_features.to(ctx.device)
     sim = dset.similarity.to(ctx.device)
-    generator = torch.Generator().manual_seed(seed)
+    if len(students) == 1:
+        params, step, sync = *_module_step(students[0], loss_fn, images, texts, sim), lambda: None
+    else:
+        params, step, sync = _stacked_step(students, loss_fn, images, texts, sim)
+    optimizer = tower_optimizer(*params, lrs["image"], lrs["text"], ecfg["momentum"], ecfg["weight_decay"])
+    epochs = ecfg["epochs"]
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [epochs // 2], 0.1)
+    checkpoints = checkpoint_epochs(epochs, ecfg.get("checkpoint_every", 10)) if on_checkpoint else []
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     batch = min(ecfg["batch_size"], len(dset))
     for epoch in tqdm(range(epochs + 1), desc=desc, leave=False):
+        if epoch == epochs or epoch in checkpoints:
+            sync()
         if epoch in checkpoints:
-            on_checkpoint(epoch, student)
-            student.train()
+            for k, student in enumerate(students):
+                on_checkpoint(k, epoch, student)
+                student.train()
         if epoch == epochs:
             break
-        for idx in torch.randperm(len(dset), generator=generator).split(batch):
-            idx = idx.to(ctx.device)
-            with torch.no_grad():
-                targets = sim.block(idx)
-            loss = loss_fn(student(images[idx], texts[idx]), targets)
+        orders = [torch.randperm(len(dset), generator=g).split(batch) for g in generators]
+        for batches in zip(*orders):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = step([idx.to(ctx.device) for idx in batches])
             optimizer.step()
         schedule.step()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{desc}: training loss became {loss.item()} at epoch {epoch + 1} "
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"{desc}: training loss became {loss.tolist()} at epoch {epoch + 1} "
                                      f"(learning rates {lrs})")
-    return student
+    return students
 
 
-def recall_curve(ctx, splits, run):
-    """Score a student on `splits` at each checkpoint of `run(on_checkpoint)`:
-    {"epochs": [e, …], split: [recall dict per checkpoint], …}."""
+def _module_step(student, loss_fn, images, texts, sim):
+    """(the optimizer's parameters per tower, a training step) of one student."""
+    def step(batches):
+        idx, = batches
+        with torch.no_grad():
+            targets = sim.block(idx)
+        loss = loss_fn(student(images[idx], texts[idx]), targets)
+        loss.backward()
+        return loss.detach()
+    return ([p for p in student.image.parameters() if p.requires_grad], list(student.text.parameters())), step
+
+
+def _stacked_step(students, loss_fn, images, texts, sim):
+    """(the stacked (students, P) parameters per tower, a vmapped training step of all students, a sync)."""
+    thetas = [torch.stack([s.flatten()[tower] for s in students]).requires_grad_() for tower in ("image", "text")]
+    model = students[0]
+    one = lambda theta_i, theta_t, x, t, target: loss_fn(model(x, t, theta_i, theta_t), target)  # noqa: E731
+    batched = vmap(grad_and_value(one, argnums=(0, 1)), randomness="different")
+
+    def step(batches):
+        idx = torch.stack(batches)
+        with torch.no_grad():
+            targets = torch.stack([sim.block(i) for i in batches])
+        grads, loss = batched(*thetas, images[idx], texts[idx], targets)
+        for theta, g in zip(thetas, grads):
+            theta.grad = g
+        return loss.detach()
+
+    def sync():  # the stacked parameters into the student modules, to score or return them
+        for k, student in enumerate(students):
+            student.load_flat({tower: theta[k].detach() for tower, theta in zip(("image", "text"), thetas)})
+    return ([thetas[0]], [thetas[1]]), step, sync
+
+
+def scorer(ctx, splits):
+    """(a recall curve, `record(epoch, student)` that scores a student on `splits` into it):
+    the curve is {"epochs": [e, …], split: [recall dict per checkpoint], …}."""
     curve = {"epochs": [], **{split: [] for split in splits}}
 
     def record(epoch, student):
@@ -72,18 +115,22 @@ def recall_curve(ctx, splits, run):
         for split in splits:
             curve[split].append(evaluate_retrieval(student, ctx.splits[split], ctx.features[split],
                                                    ctx.test_transform, ctx.device))
-    run(record)
-    return curve
+    return curve, record
 
 
 def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
-    """One recall curve per student (seeds 0 … students-1) trained on `dset`."""
+    """One recall curve per student (seeds 0 … students-1) trained on `dset`, `evaluate.together` at a time."""
+    seeds = list(range(ecfg["students"]))
+    size = max(1, ecfg.get("together", 1))
     curves = []
-    for seed in range(ecfg["students"]):
-        curves.append(recall_curve(ctx, splits, lambda record: train_student(
-            ctx, dset, ecfg, seed, record, desc=f"student {seed}")))
-        log(f"student {seed}: " + ", ".join(f"{s} mean recall {curves[-1][s][-1]['mean']:.2f}" for s in splits)
-            + f" after {ecfg['epochs']} epochs")
+    for group in (seeds[i:i + size] for i in range(0, len(seeds), size)):
+        scored = [scorer(ctx, splits) for _ in group]
+        train_students(ctx, dset, ecfg, group, lambda k, epoch, student: scored[k][1](epoch, student),
+                       desc="students " + ",".join(map(str, group)))
+        for seed, (curve, _) in zip(group, scored):
+            log(f"student {seed}: " + ", ".join(f"{s} mean recall {curve[s][-1]['mean']:.2f}" for s in splits)
+                + f" after {ecfg['epochs']} epochs")
+            curves.append(curve)
     return curves
 
 

@@ -18,8 +18,12 @@ def pick_device(name="auto"):
 
 def student_optimizer(student, lr_image, lr_text, momentum=0.0, weight_decay=0.0):
     """SGD with one parameter group per tower, each with its own learning rate."""
-    groups = [{"params": [p for p in student.image.parameters() if p.requires_grad], "lr": lr_image},
-              {"params": list(student.text.parameters()), "lr": lr_text}]
+    return tower_optimizer([p for p in student.image.parameters() if p.requires_grad],
+                           list(student.text.parameters()), lr_image, lr_text, momentum, weight_decay)
+
+
+def tower_optimizer(image_params, text_params, lr_image, lr_text, momentum=0.0, weight_decay=0.0):
+    groups = [{"params": image_params, "lr": lr_image}, {"params": text_params, "lr": lr_text}]
     return torch.optim.SGD(groups, lr=lr_image, momentum=momentum, weight_decay=weight_decay)
 
 
