@@ -29,6 +29,6 @@ def test_config_resolves(path):
     d = resolve_method(cfg["distill"])
     assert synthetic_pairs(d) == d["budget"] - (1 if d["method"] == "lors" else 0)
     assert d["max_start_epoch"] - 1 + d["expert_epochs"] <= cfg["buffer"]["epochs"]
-    assert path.stem.split("_")[-1] in (str(d["budget"]), "lors")
+    assert path.stem.split("_")[-1] in (str(d["budget"]), d["method"])  # e.g. lors_100, or tuxpaint/mtt-vl
     if d["method"] == "mtt-vl":
         assert d["metagrad"] == "unroll" and d["loss"] == "infonce" and d["sim_type"] == "identity"

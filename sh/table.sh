@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reproduce METHOD §8's table for one dataset: sh/table.sh flickr30k|coco (or sh/table_flickr30k.sh, sh/table_coco.sh).
+# Experts, the four coresets, MTT-VL, TESLA-VL and LoRS at each budget of BUDGETS (default "100 200 500 1000"), full
+# data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (README, "Data").
+# MTT-VL and TESLA-VL use their published 100-pair settings at every budget; LoRS uses configs/<dataset>/lors_<budget>.yaml
+# (lors_1000 is our extrapolation). Finished experts and distillations are kept when rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dataset=$1
+PY=${PYTHON:-python}
+OUT=${OUT:-runs/$dataset/table}
+BUDGETS=${BUDGETS:-"100 200 500 1000"}
+configs=configs/$dataset
+sh/launch.sh buffer.py "$configs/buffer.yaml"
+$PY evaluate.py --config "$configs/buffer.yaml" --full-data --out "$OUT/full_data.json"
+for budget in $BUDGETS; do
+  sets=()
+  for method in random herding k-center forgetting; do
+    $PY coreset.py --config "$configs/buffer.yaml" --method $method --budget "$budget" --out "$OUT/${method}_$budget.safetensors"
+    sets+=("$OUT/${method}_$budget.safetensors")
+  done
+  for method in mtt-vl tesla-vl; do
+    $PY distill.py --config "$configs/${method}_100.yaml" --distill.budget "$budget" --distill.out_dir "$OUT/${method}_$budget"
+    sets+=("$OUT/${method}_$budget/distilled.safetensors")
+  done
+  $PY distill.py --config "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget"
+  sets+=("$OUT/lors_$budget/distilled.safetensors")
+  $PY evaluate.py --config "$configs/buffer.yaml" --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
+done
+$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"
