@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Tux Paint benchmark (README, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
 # MTT-VL, TESLA-VL, LoRS with `tesla` and with `exact` meta-gradients, at each budget of BUDGETS (default "10 50"),
-# 3 students each; full data once; then one table per budget. CPU only, about 80 min on 2 cores.
+# 3 students each; full data once; each method's undistilled starting point as a control; then one table per
+# budget. CPU only, about 80 min on 2 cores (nothing else running: two jobs on 2 cores slow each other ~10x).
 # Needs the demo data (`make data`); the experts of configs/tuxpaint/buffer.yaml are trained if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,10 @@ for budget in $BUDGETS; do
     sets+=("$OUT/${name}_$budget/distilled.safetensors")
   done
   $PY evaluate.py --config configs/tuxpaint/lors.yaml --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
+  # controls: each method's starting point (its random real pairs, trained with its own loss and initial lr)
+  distill lors-start lors.yaml "$budget" --distill.iterations 0
+  distill mtt-vl-start mtt-vl.yaml "$budget" --distill.iterations 0
+  $PY evaluate.py --config configs/tuxpaint/lors.yaml --out "$OUT/controls_$budget.json" \
+    --distilled "$OUT/lors-start_$budget/distilled.safetensors" "$OUT/mtt-vl-start_$budget/distilled.safetensors"
 done
 $PY -m utils.report "$OUT"/*.json --out "$OUT/report.md"

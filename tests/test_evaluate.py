@@ -112,6 +112,16 @@ def _make_random(ctx, n, path=None):
     return path
 
 
+def test_a_distillations_starting_point_is_labelled_as_such(random_set):
+    dset = load_distilled(random_set)
+    dset.meta.update(method="lors", metagrad="exact", budget=6)
+    assert evaluate.describe(dset, "x")["model"] == "lors · exact (5 pairs)"
+    dset.meta["iteration"] = 0
+    described = evaluate.describe(dset, "x")
+    assert described["model"] == "lors at iteration 0 (5 pairs)" and described["metagrad"] == "iteration 0"
+    assert described["budget"] == 6 and described["pairs"] == 5
+
+
 # ---- evaluate.py ---------------------------------------------------------------------------------------------
 
 def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(cfg_file, random_set, tmp_path):
