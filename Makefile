@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TUXPAINT := datasets/tuxpaint/dataset_tuxpaint.json
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv data demo test clean-runs
+.PHONY: venv data demo test clean-runs edge-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-offline.txt Makefile
@@ -33,3 +33,10 @@ test: venv data
 
 clean-runs:
 	rm -rf runs/tuxpaint
+
+# EDGE pipeline check: tiny random diffusion/CLIP/captioner models (a check of the path, not a quality result)
+TINY_EDGE := runs/tuxpaint/tiny-edge/generator/unet/config.json
+$(TINY_EDGE): | $(VENV)/.installed
+	$(PY) -m networks.tiny runs/tuxpaint/tiny-edge
+edge-demo: venv data $(TINY_EDGE)
+	PYTHON=$(PY) sh/edge.sh tuxpaint 50

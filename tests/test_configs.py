@@ -8,7 +8,8 @@ from utils.config import load_config
 from utils.distillation import resolve_method, synthetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTILL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.name != "buffer.yaml")
+DISTILL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.stem not in ("buffer", "edge"))
+EDGE_CONFIGS = sorted((ROOT / "configs").glob("*/edge.yaml"))
 
 
 def test_there_is_a_config_per_published_row():
@@ -32,3 +33,10 @@ def test_config_resolves(path):
     assert path.stem.split("_")[-1] in (str(d["budget"]), d["method"])  # e.g. lors_100, or tuxpaint/mtt-vl
     if d["method"] == "mtt-vl":
         assert d["metagrad"] == "unroll" and d["loss"] == "infonce" and d["sim_type"] == "identity"
+
+
+@pytest.mark.parametrize("path", EDGE_CONFIGS, ids=lambda p: p.parent.name)
+def test_edge_config_offers_the_demos_keys(path):
+    cfg, demo = load_config(path), load_config(ROOT / "configs" / "tuxpaint" / "edge.yaml")
+    assert set(cfg["edge"]) == set(demo["edge"]) and {"data", "model", "evaluate"} <= set(cfg)
+    assert cfg["edge"]["budget"] % cfg["edge"]["cpi"] == 0

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# EDGE, COCO, budget 100 (50 images × 2 captions): finetune → sample → caption → export → evaluate (sh/edge.sh).
+exec "$(dirname "$0")/edge.sh" coco 100 "$@"

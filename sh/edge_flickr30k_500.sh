@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# EDGE, Flickr30K, budget 500 (250 images × 2 captions): finetune → sample → caption → export → evaluate (sh/edge.sh).
+exec "$(dirname "$0")/edge.sh" flickr30k 500 "$@"
