@@ -90,11 +90,12 @@ def main(argv=None):
         per_image, sample_memory = sampling_cost(gen, args, device)
     print(f"\nEDGE, {label}, {gen.resolution} px, {device}; {trained:,} trainable ({args.trainable}) of "
           f"{sum(p.numel() for p in gen.unet.parameters()):,} denoiser parameters\n")
-    print(f"| phase | setting | seconds | peak memory (MiB, {memory['memory_kind']}) |\n|---|---|---:|---:|")
+    print("| phase | setting | seconds | peak memory above set-up (MiB) |\n|---|---|---:|---:|")
     for phase, setting, s, m in (("fine-tuning step", f"batch {args.batch}", seconds, memory),
                                  ("sampled image", f"{args.sample_steps} steps, guidance 7.5, batch {args.images}",
                                   per_image, sample_memory)):
         print(f"| {phase} | {setting} | {s:.3f} | {m['memory'] - (m['baseline'] or 0):.0f} |")
+    print(f"\nmemory: {memory['memory_kind']}")
 
 
 if __name__ == "__main__":

@@ -212,5 +212,6 @@ def finetune(cfg, log=print):
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    log(f"EDGE fine-tuning done ({step} steps): {path}")
+    if rank == 0:
+        log(f"EDGE fine-tuning done ({step} steps): {path}")
     return path
