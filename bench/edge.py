@@ -34,13 +34,13 @@ def parse(argv=None):
 
 def finetune_cost(components, args, device):
     from networks.generator import FrozenCLIP, load_generator, make_trainable
-    from utils.edge import edge_loss
+    from utils.edge import checkpoint_activations, edge_loss
     gen = load_generator(components / "generator").to(device)
     params = list(make_trainable(gen.unet, args.trainable).values())
     clip = FrozenCLIP(components / "clip").to(device)
     on_gpu = device.type == "cuda"
     if on_gpu:
-        gen.unet.enable_gradient_checkpointing()
+        checkpoint_activations(gen)
     optimizer = torch.optim.SGD(params, lr=1e-3)
     pixels = torch.rand(args.batch, 3, gen.resolution, gen.resolution, device=device) * 2 - 1
     captions = [f"a photo of thing number {i}" for i in range(args.batch)]

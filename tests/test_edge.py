@@ -20,8 +20,8 @@ from networks.tiny import build_all
 from networks.weights import ModelNotFoundError
 from utils import edge as edge_module
 from utils.config import load_config, save_config
-from utils.edge import (FinetuneError, clean_estimate, contrastive, edge_loss, finetune, finetuned_generator,
-                        noised)
+from utils.edge import (FinetuneError, checkpoint_activations, clean_estimate, contrastive, edge_loss, finetune,
+                        finetuned_generator, noised)
 from utils.generation import SampleError, caption, generate_images, sample, set_folder
 from utils.losses import diversity
 
@@ -126,6 +126,37 @@ def test_lora_starts_as_the_original_and_only_its_adapters_get_gradients(cfg, co
     with_grad = {n for n, p in gen.unet.named_parameters() if p.grad is not None}
     assert with_grad == set(lora)
     assert all(lora[n].grad.abs().sum() > 0 for n in lora if "lora_up" in n)
+    before = {n: p.detach().clone() for n, p in gen.unet.named_parameters()}
+    torch.optim.SGD(lora.values(), lr=0.1).step()
+    changed = {n for n, p in gen.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(lora)
+
+
+def _loss_gradients(components, checkpointed, trainable="bias-norm"):
+    from networks.generator import FrozenCLIP
+    gen, clip = load_generator(components / "generator"), FrozenCLIP(components / "clip")
+    params = make_trainable(gen.unet, trainable)
+    if checkpointed:
+        checkpoint_activations(gen)
+    torch.manual_seed(4)
+    pixels = torch.rand(3, 3, 32, 32) * 2 - 1
+    edge_loss(gen, clip, pixels, ["a red apple", "a dog", "a boat"], torch.Generator().manual_seed(1)).total.backward()
+    return {n: p.grad for n, p in params.items()}
+
+
+def test_gradient_checkpointing_leaves_the_gradients_as_they_were(components, monkeypatch):
+    import torch.utils.checkpoint
+    calls, real = [], torch.utils.checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    plain = _loss_gradients(components, False)
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted)
+    checkpointed = _loss_gradients(components, True)
+    assert calls  # the denoiser and the VAE decoder really recomputed their blocks
+    assert all(torch.allclose(plain[n], checkpointed[n], rtol=1e-4, atol=1e-7) for n in plain)
 
 
 def test_an_interrupted_fine_tuning_resumes_to_the_same_parameters(cfg, finetuned, tmp_path, monkeypatch):

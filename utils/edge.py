@@ -80,6 +80,14 @@ def edge_loss(gen, clip, pixels, captions, rng, tau=0.1, lambda_div=1.0, lambda_
     return EdgeLoss(matching, spread, mse, matching + lambda_div * spread + lambda_mse * mse)
 
 
+def checkpoint_activations(gen):
+    """Recompute activations in the backward pass of the denoiser and of the VAE decoder (decoding a batch
+    at 512 px with gradients dominates the memory). CLIP's tower is left alone: transformers checkpoints
+    only in training mode, and the frozen CLIP stays in eval mode."""
+    gen.unet.enable_gradient_checkpointing()
+    gen.vae.enable_gradient_checkpointing()
+
+
 def step_rng(seed, draw):
     """The random draws of one step of one process (draw = step × processes + rank)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + draw)
@@ -179,7 +187,7 @@ def finetune(cfg, log=print):
         log(f"resuming EDGE fine-tuning at step {step}")
     on_gpu = device.type == "cuda"
     if ecfg["gradient_checkpointing"] == "auto" and on_gpu or ecfg["gradient_checkpointing"] is True:
-        gen.unet.enable_gradient_checkpointing()
+        checkpoint_activations(gen)
     unet = gen.unet
     if world > 1:
         unet = torch.nn.parallel.DistributedDataParallel(unet, device_ids=[device.index] if on_gpu else None)
