@@ -6,7 +6,7 @@ are the offline MiniLM's (bert-base-uncased vocabulary). They produce noise: a p
 quality result.
 
     python -m networks.tiny runs/tiny-edge [--resolution 32]
-    → generator/ (diffusers layout), clip/, captioner/ (BLIP-style), paraphraser/ (causal LM)
+    → generator/ (diffusers layout), clip/, captioner/ (BLIP), llava/ (LLaVA-1.5-shaped), paraphraser/ (causal LM)
 """
 import argparse
 from pathlib import Path
@@ -76,6 +76,29 @@ def build_captioner(out, resolution):
     BlipProcessor(BlipImageProcessor(size={"height": resolution, "width": resolution}), tokenizer).save_pretrained(out)
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                 "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endif %}"
+                 "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def build_llava(out, resolution):
+    """A LLaVA-1.5-shaped chat captioner (CLIP vision tower, projector, Llama decoder) with LLaVA-1.5's prompt
+    format: the path of the default captioner, chat template and image tokens included."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+    tokenizer = _tokenizer(additional_special_tokens=["<image>"])
+    text = dict(_text_config(tokenizer), num_key_value_heads=2, max_position_embeddings=128)
+    patch = resolution // 4
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**SMALL, image_size=resolution, patch_size=patch),
+                         text_config=LlamaConfig(**text), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1)
+    LlavaForConditionalGeneration(config).save_pretrained(out)
+    processor = LlavaProcessor(CLIPImageProcessor(size={"shortest_edge": resolution}, crop_size=resolution), tokenizer,
+                               patch_size=patch, vision_feature_select_strategy="default", image_token="<image>",
+                               chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)  # the CLS token, as LLaVA-1.5
+    processor.save_pretrained(out)
+
+
 def build_paraphraser(out):
     """A text-only causal LM (a BERT decoder) for the paraphrasing captioner."""
     from transformers import BertConfig, BertLMHeadModel
@@ -90,6 +113,7 @@ def build_all(out, resolution=32, seed=0):
     build_generator(out / "generator", resolution)
     build_clip(out / "clip", resolution)
     build_captioner(out / "captioner", resolution)
+    build_llava(out / "llava", resolution)
     build_paraphraser(out / "paraphraser")
     return out
 

@@ -207,12 +207,13 @@ def test_an_interrupted_sample_run_keeps_finished_images_and_makes_the_rest(cfg,
     assert json.loads((folder / "dataset.json").read_text()) == json.loads((sampled / "dataset.json").read_text())
 
 
-@pytest.mark.parametrize("kind", ["image-to-text", "paraphrase"])
+@pytest.mark.parametrize("kind,model", [("image-to-text", "captioner"), ("image-to-text", "llava"),
+                                        ("paraphrase", "paraphraser")])
 def test_captioning_gives_each_image_its_prompt_and_cpi_minus_one_new_captions(cfg, sampled, components, kind,
-                                                                               tmp_path):
+                                                                               model, tmp_path):
     folder = tmp_path / "set"
     shutil.copytree(sampled, folder)
-    spec = components / ("captioner" if kind == "image-to-text" else "paraphraser")
+    spec = components / model
     captioner = load_captioner(kind, spec, cfg["edge"]["instruction"], torch.device("cpu"), max_new_tokens=5)
     caption(cfg, folder, captioner, log=_quiet)
     prompts = json.loads((folder / "prompts.json").read_text())["prompts"]
