@@ -143,7 +143,8 @@ class FrozenCLIP(nn.Module):
 
     def preprocess(self, images):
         pixels = ((images + 1) / 2).clamp(0, 1)
-        pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bicubic", align_corners=False)
+        # antialiased, like the processor's PIL resize when shrinking (512 → 224 for Stable Diffusion)
+        pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
         return (pixels - self.mean) / self.std
 
     def image_features(self, images):

@@ -22,7 +22,7 @@ from utils import edge as edge_module
 from utils.config import load_config, save_config
 from utils.edge import (FinetuneError, checkpoint_activations, clean_estimate, contrastive, edge_loss, finetune,
                         finetuned_generator, noised)
-from utils.generation import SampleError, caption, generate_images, sample, set_folder
+from utils.generation import SampleError, caption, generate_images, sample, set_folder, write_dataset
 from utils.losses import diversity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +205,10 @@ def test_an_interrupted_sample_run_keeps_finished_images_and_makes_the_rest(cfg,
     remade, original = (np.asarray(Image.open(f / "images" / names[1])) for f in (folder, sampled))
     assert np.array_equal(remade, original)
     assert json.loads((folder / "dataset.json").read_text()) == json.loads((sampled / "dataset.json").read_text())
+    write_dataset(folder, names, [["first", "second"]] * 3, captioned=True)
+    captioned = (folder / "dataset.json").read_text()
+    assert sample(cfg, finetuned, folder, log=_quiet) == 0  # nothing left to make, and the captions stay
+    assert (folder / "dataset.json").read_text() == captioned
 
 
 @pytest.mark.parametrize("kind,model", [("image-to-text", "captioner"), ("image-to-text", "llava"),

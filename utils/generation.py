@@ -98,7 +98,8 @@ def sample(cfg, finetuned, folder, log=print):
             for i, pixels in zip(chunk, images):
                 with atomic_path(folder / "images" / names[i]) as tmp:
                     Image.fromarray(pixels.numpy()).save(tmp, format="PNG")
-    write_dataset(folder, names, [[p] for p in record["prompts"]], captioned=False)
+    if todo or not (folder / "dataset.json").is_file():  # a rerun over a finished set keeps its captions
+        write_dataset(folder, names, [[p] for p in record["prompts"]], captioned=False)
     return len(todo)
 
 
