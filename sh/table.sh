@@ -3,7 +3,8 @@
 # Experts, the four coresets, MTT-VL, TESLA-VL and LoRS at each budget of BUDGETS (default "100 200 500 1000"), full
 # data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (README, "Data").
 # MTT-VL and TESLA-VL use their published 100-pair settings at every budget; LoRS uses configs/<dataset>/lors_<budget>.yaml
-# (lors_1000 is our extrapolation). Finished experts and distillations are kept when rerun.
+# (lors_1000 is our extrapolation). EDGE=1 adds EDGE (sh/edge.sh; one fine-tuning for all budgets). Finished experts,
+# distillations, fine-tuning and sampled images are kept when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=$1
@@ -25,6 +26,10 @@ for budget in $BUDGETS; do
   done
   $PY distill.py --config "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget"
   sets+=("$OUT/lors_$budget/distilled.safetensors")
+  if [ "${EDGE:-0}" = 1 ]; then  # needs Stable Diffusion v1.5, CLIP and LLaVA-1.5 locally (README, "EDGE")
+    OUT=$OUT/edge EVALUATE=0 sh/edge.sh "$dataset" "$budget"
+    sets+=("$OUT/edge/budget_$budget/distilled.safetensors")
+  fi
   $PY evaluate.py --config "$configs/buffer.yaml" --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
 done
 $PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"
