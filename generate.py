@@ -17,7 +17,7 @@ STEPS = ("finetune", "sample", "caption", "export")
 
 
 def _flags(parser):
-    parser.add_argument("step", choices=(*STEPS, "all"))
+    parser.add_argument("step", choices=(*STEPS, "all"), help="which step to run (all: the four in turn)")
 
 
 def export(cfg, folder, out, log=print):

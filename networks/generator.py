@@ -24,9 +24,10 @@ def load_pretrained(loader, spec, what, **kwargs):
     try:
         return loader.from_pretrained(str(spec), **kwargs)
     except (OSError, ValueError) as err:
-        where = "folder" if Path(str(spec)).exists() else "folder nor a hub model in the local cache"
+        where = ("an incomplete folder" if Path(str(spec)).exists()
+                 else "neither a local folder nor a hub model in the local cache")
         raise ModelNotFoundError(
-            f"{what} {spec!r} cannot be loaded: it is not a complete {where} ({str(err).splitlines()[0]}). "
+            f"{what} {spec!r} cannot be loaded: it is {where} ({str(err).splitlines()[0]}). "
             f"Download it (`huggingface-cli download {spec} --local-dir models/{Path(str(spec)).name}`) and give "
             f"the folder, or build the offline test components with `python -m networks.tiny`") from err
 
