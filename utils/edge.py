@@ -158,6 +158,17 @@ def finetuned_generator(path):
     return gen
 
 
+def join_processes(cfg):
+    """(rank, world size, device) of this process; under torchrun, joins the process group (one GPU each)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(cfg.get("device", "auto"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return rank, world, device
+
+
 def finetune(cfg, log=print):
     """Fine-tune `edge.generator` on the training pairs; checkpoints `edge.out_dir/finetune.safetensors`
     every `edge.checkpoint_every` steps and resumes from it. Returns the checkpoint's path."""
@@ -172,12 +183,7 @@ def finetune(cfg, log=print):
     if checkpoint and checkpoint[2]:
         log(f"{path} is finished ({checkpoint[1]} steps); nothing to do")
         return path
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg.get("device", "auto"))
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world, device = join_processes(cfg)
     gen = load_generator(ecfg["generator"]).to(device)
     trainable = make_trainable(gen.unet, ecfg["trainable"], ecfg["lora_rank"])
     clip = FrozenCLIP(ecfg["clip"]).to(device)
