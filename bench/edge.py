@@ -1,6 +1,7 @@
 """EDGE cost: seconds and peak memory per fine-tuning step and per sampled image.
 
     python bench/edge.py                                  # tiny random components (networks/tiny.py), CPU
+    python bench/edge.py --sd15 --batch 1 --steps 1 --images 1  # Stable Diffusion v1.5 shapes, random init
     python bench/edge.py --components models/edge --batch 128 --sample-steps 50   # local real checkpoints, GPU
 
 `--components DIR` names a folder with generator/ (diffusers layout) and clip/, as `python -m networks.tiny`
@@ -23,6 +24,8 @@ from bench.common import peak_memory, reset_peak, sync  # noqa: E402
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--components", type=Path, help="folder with generator/ and clip/ (default: tiny, built now)")
+    p.add_argument("--sd15", action="store_true",
+                   help="Stable Diffusion v1.5 and CLIP ViT-B/32 shapes, random init, 512 px (built now)")
     p.add_argument("--batch", type=int, default=8, help="fine-tuning batch")
     p.add_argument("--steps", type=int, default=3, help="timed fine-tuning steps (after one warm-up step)")
     p.add_argument("--trainable", default="bias-norm", choices=("bias-norm", "lora"))
@@ -81,11 +84,13 @@ def main(argv=None):
     from utils.training import pick_device
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        components = args.components
-        if components is None:
+        components, label = args.components, str(args.components)
+        if args.sd15:
+            from networks.tiny import build_sd15_shaped
+            components, label = build_sd15_shaped(Path(tmp)), "Stable Diffusion v1.5 + CLIP ViT-B/32 shapes, random init"
+        elif components is None:
             from networks.tiny import build_all
-            components = build_all(Path(tmp), resolution=32)
-        label = "tiny random components" if args.components is None else str(components)
+            components, label = build_all(Path(tmp), resolution=32), "tiny random components"
         seconds, memory, gen, trained = finetune_cost(components, args, device)
         per_image, sample_memory = sampling_cost(gen, args, device)
     print(f"\nEDGE, {label}, {gen.resolution} px, {device}; {trained:,} trainable ({args.trainable}) of "

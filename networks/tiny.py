@@ -35,7 +35,7 @@ def _text_config(tokenizer):
 
 def build_generator(out, resolution):
     """UNet (2 levels), VAE (÷4) and CLIP text encoder of width 32; Stable Diffusion's noise schedule."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     if resolution % 4:
         raise ValueError(f"the tiny VAE downsamples by 4: --resolution must be a multiple of 4, not {resolution}")
@@ -51,8 +51,38 @@ def build_generator(out, resolution):
         up_block_types=("UpDecoderBlock2D",) * 3).save_pretrained(out / "vae")
     CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer))).save_pretrained(out / "text_encoder")
     tokenizer.save_pretrained(out / "tokenizer")
-    DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                  prediction_type="epsilon", clip_sample=False).save_pretrained(out / "scheduler")
+    _scheduler().save_pretrained(out / "scheduler")
+
+
+def build_sd15_shaped(out):
+    """Randomly initialised components with the shapes of Stable Diffusion v1.5 (860M-parameter UNet, VAE ÷8,
+    CLIP ViT-L/14 text encoder) and of CLIP ViT-B/32, at 512 px: what one EDGE step really costs, for
+    `bench/edge.py --sd15` where the weights cannot be had (the tokenizer is MiniLM's, 77 tokens)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
+    tokenizer = _tokenizer()
+    tokenizer.model_max_length = 77
+    ids = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.cls_token_id,
+               eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    UNet2DConditionModel(sample_size=64, cross_attention_dim=768).save_pretrained(out / "generator" / "unet")
+    AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                  sample_size=512).save_pretrained(out / "generator" / "vae")
+    CLIPTextModel(CLIPTextConfig(**ids, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                 num_hidden_layers=12)).save_pretrained(out / "generator" / "text_encoder")
+    tokenizer.save_pretrained(out / "generator" / "tokenizer")
+    _scheduler().save_pretrained(out / "generator" / "scheduler")
+    vision = dict(image_size=224, patch_size=32)  # CLIPConfig's defaults are ViT-B/32's widths
+    CLIPModel(CLIPConfig(text_config=ids, vision_config=vision)).save_pretrained(out / "clip")
+    tokenizer.save_pretrained(out / "clip")
+    CLIPImageProcessor().save_pretrained(out / "clip")
+    return out
+
+
+def _scheduler():
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type="epsilon", clip_sample=False)
 
 
 def build_clip(out, resolution):
