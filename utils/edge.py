@@ -81,9 +81,9 @@ def edge_loss(gen, clip, pixels, captions, rng, tau=0.1, lambda_div=1.0, lambda_
 
 
 def checkpoint_activations(gen):
-    """Recompute activations in the backward pass of the denoiser and of the VAE decoder (decoding a batch
-    at 512 px with gradients dominates the memory). CLIP's tower is left alone: transformers checkpoints
-    only in training mode, and the frozen CLIP stays in eval mode."""
+    """Recompute activations in the backward pass of the denoiser and of the VAE decoder (at 512 px a step
+    holds ~6 GB of them per image otherwise: bench/edge.py --sd15). CLIP's tower is left alone:
+    transformers checkpoints only in training mode, and the frozen CLIP stays in eval mode."""
     gen.unet.enable_gradient_checkpointing()
     gen.vae.enable_gradient_checkpointing()
 
