@@ -130,14 +130,20 @@ def export_distilled(dset, folder):
     if not captions or len(captions) != len(dset):
         raise DistilledSetError("this distilled set has no caption per pair to export")
     folder = Path(folder)
-    entries = []
-    for i, (pixels, caption) in enumerate(zip(to_uint8(dset.images, dset.meta["mean"], dset.meta["std"]), captions)):
-        name = f"{i:04d}.png"
+    names = [f"{i:04d}.png" for i in range(len(dset))]
+    for name, pixels in zip(names, to_uint8(dset.images, dset.meta["mean"], dset.meta["std"])):
         with atomic_path(folder / "images" / name) as tmp:
             Image.fromarray(pixels).save(tmp, format="PNG")
-        entries.append({"filename": name, "split": "train", "sentences": [{"raw": caption}]})
-    atomic_write_json(folder / "dataset.json", {"images": entries, "source": {
-        k: dset.meta.get(k) for k in ("method", "dataset", *IDENTITY_KEYS)}})
+    write_captions(folder, names, [[c] for c in captions],
+                   {k: dset.meta.get(k) for k in ("method", "dataset", *IDENTITY_KEYS)})
+
+
+def write_captions(folder, names, captions, source):
+    """`folder/dataset.json` in Karpathy format: each image of `names` in split train with its list of
+    `captions`, and where the set came from."""
+    entries = [{"filename": name, "split": "train", "sentences": [{"raw": c} for c in cs]}
+               for name, cs in zip(names, captions)]
+    atomic_write_json(Path(folder) / "dataset.json", {"images": entries, "source": source})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ class _Generating:
         if model.generation_config.pad_token_id is None:  # padded batches need one
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+    def _answers(self, inputs, captions, n, seed):
+        """n cleaned answers per input, grouped per input; an empty one falls back to its input's caption."""
+        answers = _cleaned(self._generate(dict(inputs), n, seed), [c for c in captions for _ in range(n)])
+        return [answers[i * n:(i + 1) * n] for i in range(len(captions))]
+
     @torch.no_grad()
     def _generate(self, inputs, n, seed):
         """n answers per input (sampled when n > 1), without the prompt tokens."""
@@ -55,10 +60,7 @@ class ImageCaptioner(_Generating):
     def __call__(self, images, captions, n, seed=0):
         text = {"text": [self.prompt] * len(images)} if self.prompt else {}
         inputs = self.processor(images=list(images), return_tensors="pt", padding=True, **text)
-        answers = self._generate(dict(inputs), n, seed)
-        fallbacks = [c for c in captions for _ in range(n)]
-        answers = _cleaned(answers, fallbacks)
-        return [answers[i * n:(i + 1) * n] for i in range(len(images))]
+        return self._answers(inputs, captions, n, seed)
 
 
 class Paraphraser(_Generating):
@@ -76,8 +78,7 @@ class Paraphraser(_Generating):
     def __call__(self, images, captions, n, seed=0):
         inputs = self.tokenizer([self.TEMPLATE.format(c) for c in captions], return_tensors="pt", padding=True)
         inputs.pop("token_type_ids", None)
-        answers = _cleaned(self._generate(dict(inputs), n, seed), [c for c in captions for _ in range(n)])
-        return [answers[i * n:(i + 1) * n] for i in range(len(captions))]
+        return self._answers(inputs, captions, n, seed)
 
 
 def load_captioner(kind, spec, instruction, device, max_new_tokens=40):

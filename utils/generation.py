@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from data.annotations import load_split
-from data.distilled import random_pairs
+from data.distilled import random_pairs, write_captions
 from data.images import load_image
 from utils.edge import finetuned_generator
 from utils.io import atomic_path, atomic_write_json
@@ -37,6 +37,10 @@ def image_count(budget, cpi):
 def set_folder(ecfg):
     """Where the set of `edge.budget` pairs is sampled, captioned and exported (fine-tuning is shared)."""
     return Path(ecfg["out_dir"]) / f"budget_{ecfg['budget']}"
+
+
+def image_names(n):
+    return [f"{i:04d}.png" for i in range(n)]
 
 
 def image_seed(seed, index):
@@ -84,7 +88,7 @@ def sample(cfg, finetuned, folder, log=print):
     if prompts_file.is_file() and json.loads(prompts_file.read_text()) != record:
         raise SampleError(f"{folder} holds images sampled with other prompts or settings; choose another folder")
     atomic_write_json(prompts_file, record)
-    names = [f"{i:04d}.png" for i in range(n)]
+    names = image_names(n)
     todo = [i for i in range(n) if not (folder / "images" / names[i]).is_file()]
     if todo:
         gen = finetuned_generator(finetuned).to(pick_device(cfg.get("device", "auto")))
@@ -104,10 +108,7 @@ def sample(cfg, finetuned, folder, log=print):
 
 
 def write_dataset(folder, names, captions, captioned):
-    entries = [{"filename": name, "split": "train", "sentences": [{"raw": c} for c in cs]}
-               for name, cs in zip(names, captions)]
-    atomic_write_json(Path(folder) / "dataset.json",
-                      {"images": entries, "source": {"method": "edge", "captioned": captioned}})
+    write_captions(folder, names, captions, {"method": "edge", "captioned": captioned})
 
 
 def caption(cfg, folder, captioner, log=print):
@@ -117,7 +118,7 @@ def caption(cfg, folder, captioner, log=print):
     if not prompts_file.is_file():
         raise SampleError(f"{folder} holds no prompts.json: run `generate.py sample` first")
     prompts = json.loads(prompts_file.read_text())["prompts"]
-    names = [f"{i:04d}.png" for i in range(len(prompts))]
+    names = image_names(len(prompts))
     missing = [n for n in names if not (folder / "images" / n).is_file()]
     if missing:
         raise SampleError(f"{folder} lacks {len(missing)} sampled images (e.g. {missing[0]}): finish "
