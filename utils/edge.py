@@ -176,13 +176,15 @@ def finetune(cfg, log=print):
     path = Path(ecfg["out_dir"]) / "finetune.safetensors"
     settings = settings_of(ecfg, cfg["data"]["name"])
     checkpoint = load_finetune(path) if path.is_file() else None
-    if checkpoint and checkpoint[0] != settings:
-        changed = ", ".join(k for k in settings if checkpoint[0].get(k) != settings[k])
-        raise FinetuneError(f"{path} was made with other settings ({changed}); choose another edge.out_dir "
-                            f"or delete it to start over")
-    if checkpoint and checkpoint[2]:
-        log(f"{path} is finished ({checkpoint[1]} steps); nothing to do")
-        return path
+    if checkpoint:
+        saved, saved_step, done, _ = checkpoint
+        if saved != settings:
+            changed = ", ".join(k for k in settings if saved.get(k) != settings[k])
+            raise FinetuneError(f"{path} was made with other settings ({changed}); choose another edge.out_dir "
+                                f"or delete it to start over")
+        if done:
+            log(f"{path} is finished ({saved_step} steps); nothing to do")
+            return path
     rank, world, device = join_processes(cfg)
     gen = load_generator(ecfg["generator"]).to(device)
     trainable = make_trainable(gen.unet, ecfg["trainable"], ecfg["lora_rank"])
