@@ -5,6 +5,7 @@
 """
 from utils.config import parse_args
 from utils.experts import run_buffer
+from utils.trajectories import buffer_stats, verdict_lines
 
 
 def main(argv=None):
@@ -16,6 +17,10 @@ def main(argv=None):
             first, last = min(recall, key=int), max(recall, key=int)
             print(f"expert {index}: test mean recall {recall[first]['mean']:.2f} at epoch {first} "
                   f"-> {recall[last]['mean']:.2f} at epoch {last}")
+    if experts and cfg["buffer"]["epochs"] >= 2:  # rank 0 only (other ranks get no experts back)
+        print(f"worth distilling? (figures: python -m utils.trajectories {cfg['buffer']['out_dir']})")
+        for line in verdict_lines(buffer_stats(cfg["buffer"]["out_dir"])):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":
