@@ -17,7 +17,7 @@ from pathlib import Path
 from data.distilled import load_distilled, read_folder, renormalised
 from utils.config import parse_args
 from utils.context import RunContext
-from utils.evaluation import PROTOCOLS, scorer, student_curves, summarise
+from utils.evaluation import PROTOCOLS, needs_lr_choice, scorer, student_curves, summarise, val_chosen_lr
 from utils.experts import expert_students, fit_expert
 from utils.io import atomic_write_json, atomic_write_text
 from utils.metrics import format_table
@@ -66,11 +66,17 @@ def describe(dset, path):
 def evaluate_distilled(ctx, paths, cross_architecture=False, log=print):
     entries = []
     for path in paths:
-        dset = load_set(ctx, path, cross_architecture)
+        dset, ecfg = load_set(ctx, path, cross_architecture), ctx.cfg["evaluate"]
         start = time.time()
-        curves = student_curves(ctx, dset, ctx.cfg["evaluate"], log=log)
+        entry = describe(dset, path)
+        if ecfg.get("lr_grid") and needs_lr_choice(dset):
+            lr, curves, scores = val_chosen_lr(ctx, dset, ecfg, log=log)
+            entry.update(model=f"{entry['model']}, lr {lr:g} chosen on val", lr=lr,
+                         lr_grid={f"{k:g}": round(v, 2) for k, v in scores.items()})
+        else:
+            curves = student_curves(ctx, dset, ecfg, log=log)
         seconds = (time.time() - start) / len(curves)
-        entries.append({**describe(dset, path), "students": len(curves), **summarise(curves),
+        entries.append({**entry, "students": len(curves), **summarise(curves),
                         "seconds_per_student": round(seconds, 1), "curves": curves})
     return entries
 

@@ -122,6 +122,26 @@ def test_a_distillations_starting_point_is_labelled_as_such(random_set):
     assert described["budget"] == 6 and described["pairs"] == 5
 
 
+def test_lr_grid_chooses_on_val_only_for_sets_without_a_learned_lr(cfg_file, random_set, tmp_path):
+    """Each grid lr really trains its students (the curves differ); the chosen lr is the one best on val,
+    which the label and the JSON say; a distilled set keeps its learned lr."""
+    grid = ["--evaluate.lr_grid", "[0.001, 0.3]", "--evaluate.students", "1"]
+    (entry,) = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set),
+                              "--out", str(tmp_path / "grid.json"), *grid])
+    val_best = {float(lr): score for lr, score in entry["lr_grid"].items()}
+    assert set(val_best) == {0.001, 0.3} and val_best[0.001] != val_best[0.3]
+    assert entry["lr"] == max(val_best, key=val_best.get)
+    assert entry["model"] == f"random (5 pairs), lr {entry['lr']:g} chosen on val"
+    assert max(r["mean"] for r in entry["curves"][0]["val"]) == pytest.approx(val_best[entry["lr"]], abs=0.01)
+    learned = load_distilled(random_set)
+    learned.lrs = {"image": 0.05, "text": 0.05}
+    learned.meta["iteration"] = 3
+    save_distilled(tmp_path / "learned.safetensors", learned)
+    (kept,) = evaluate.main(["--config", str(cfg_file), "--distilled", str(tmp_path / "learned.safetensors"),
+                             "--out", str(tmp_path / "learned.json"), *grid])
+    assert "lr" not in kept and "chosen on val" not in kept["model"]
+
+
 # ---- evaluate.py ---------------------------------------------------------------------------------------------
 
 def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(cfg_file, random_set, tmp_path):

@@ -11,6 +11,7 @@ gives the three reported protocols without storing any weights:
 - "as published": the best test recall over the checkpoints (LoRS's public code; for comparison only).
 """
 import statistics
+from dataclasses import replace
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -132,6 +133,24 @@ def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
                 + f" after {ecfg['epochs']} epochs")
             curves.append(curve)
     return curves
+
+
+def needs_lr_choice(dset):
+    """Sets whose student lr is not a learned result: real pairs without lrs, and distillations' starting
+    points (their lr is the initial guess). `evaluate.lr_grid` chooses theirs on val, so no row wins by the lr."""
+    return not dset.lrs or dset.meta.get("iteration") == 0
+
+
+def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write):
+    """(lr, its curves, {lr: val score}) over `ecfg["lr_grid"]` (one lr for both towers): the lr whose students
+    reach the best val mean recall at their val-selected checkpoint, averaged over students (ties: the first)."""
+    scores, curves = {}, {}
+    for lr in ecfg["lr_grid"]:
+        log(f"student lr {lr} (chosen on val among {ecfg['lr_grid']})")
+        curves[lr] = student_curves(ctx, replace(dset, lrs={"image": lr, "text": lr}), ecfg, log=log)
+        scores[lr] = statistics.fmean(max(r["mean"] for r in curve["val"]) for curve in curves[lr])
+    best = max(scores, key=scores.get)
+    return best, curves[best], scores
 
 
 def select(curve):
