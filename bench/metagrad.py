@@ -68,7 +68,7 @@ def build_distiller(cfg, mode, steps, random_weights):
     """A Distiller wired to a synthetic set and synthetic experts (no data, no buffer)."""
     from data.distilled import DistilledSet
     from networks.student import DualEncoder
-    from utils.distillation import Distiller, resolve_method, synthetic_pairs
+    from utils.distillation import Distiller, resolve_method, synthetic_pairs, teacher_lrs
     from utils.similarity import Similarity
     from utils.training import pick_device
 
@@ -83,7 +83,7 @@ def build_distiller(cfg, mode, steps, random_weights):
     n, size = synthetic_pairs(d), cfg["data"]["image_size"]
     dset = DistilledSet(torch.randn(n, 3, size, size), torch.randn(n, hidden),
                         Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"]),
-                        {"image": d["lr_teacher"], "text": d["lr_teacher"]})
+                        teacher_lrs(d["lr_teacher"]))
     distiller = Distiller({**cfg, "distill": d}, student, SyntheticPool(student, device), dset, device)
     what = (f"{image_what} + text head on {hidden}-d features ({text_what}), {size} px, {n} pairs, "
             f"minibatch {d['mini_batch_size']}, {d['loss']}, similarity {d['sim_type']}")

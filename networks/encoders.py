@@ -11,7 +11,10 @@ from networks.weights import ModelNotFoundError, resolve_image_weights, resolve_
 
 class ImageTower(nn.Module):
     """A timm backbone without classifier (pooled features). BatchNorm layers always run in eval mode:
-    running statistics stay frozen, affine parameters train (METHOD §2)."""
+    running statistics stay frozen, affine parameters train (METHOD §2).
+
+    `add_projection_head` turns it into RepBlend's tower: frozen backbone (eval mode, no parameter trains) and a
+    fresh projection head out_dim → out_dim, the only trainable part, so the tower's flat θ is the head's."""
 
     def __init__(self, name, weights=None, cache_dir=".cache"):
         super().__init__()
@@ -29,17 +32,28 @@ class ImageTower(nn.Module):
         cfg = self.backbone.pretrained_cfg
         self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
         self.weights_hash = hash_state(self.backbone)  # of the starting weights, before any training
+        self.head = None
         self.train()
+
+    def add_projection_head(self, dropout=0.1):
+        """Freeze the backbone and put a fresh `ProjectionHead(out_dim, out_dim)` on it (initialised from the
+        global RNG); returns self."""
+        self.backbone.requires_grad_(False)
+        self.head = ProjectionHead(self.out_dim, self.out_dim, dropout)
+        return self.train(self.training)
 
     def train(self, mode=True):
         super().train(mode)
         for module in self.modules():
             if isinstance(module, _BatchNorm):
                 module.eval()
+        if self.head is not None:
+            self.backbone.eval()  # frozen: a fixed feature extractor
         return self
 
     def forward(self, images):
-        return self.backbone(images)
+        features = self.backbone(images)
+        return features if self.head is None else self.head(features)
 
 
 class TextEncoder(nn.Module):

@@ -54,7 +54,8 @@ class FlatTower:
 
 
 class DualEncoder(nn.Module):
-    """Image tower (trainable) + projection head over frozen text features; logits = img·txtᵀ / τ."""
+    """Image tower (trainable; with `ImageTower.add_projection_head` only its head) + projection head over frozen
+    text features; logits = img·txtᵀ / τ."""
 
     towers = ("image", "text")
 

@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 
 from utils.config import load_config
+from utils.context import trainable_mode
 from utils.distillation import resolve_method, synthetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTILL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.stem not in ("buffer", "edge"))
+DISTILL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
+                         if p.stem not in ("buffer", "buffer_heads", "edge"))
 EDGE_CONFIGS = sorted((ROOT / "configs").glob("*/edge.yaml"))
 
 
@@ -17,6 +19,8 @@ def test_there_is_a_config_per_published_row():
     for dataset in ("flickr30k", "coco"):
         assert {f"{dataset}/lors_{b}" for b in (100, 200, 500, 1000)} <= names
         assert {f"{dataset}/mtt-vl_100", f"{dataset}/tesla-vl_100"} <= names
+        assert {f"{dataset}/repblend_{b}" for b in (100, 200, 500)} <= names
+        assert (ROOT / "configs" / dataset / "buffer_heads.yaml").is_file()
     scripts = {p.stem for p in (ROOT / "sh").glob("distill_*.sh")}
     assert {f"distill_{n.replace('/', '_')}" for n in names if not n.startswith("tuxpaint")} <= scripts
 
@@ -27,12 +31,14 @@ def test_config_resolves(path):
     cfg = load_config(path)
     assert set(cfg["distill"]) == set(demo["distill"])
     assert {"data", "model", "buffer", "evaluate"} <= set(cfg)
-    d = resolve_method(cfg["distill"])
-    assert synthetic_pairs(d) == d["budget"] - (1 if d["method"] == "lors" else 0)
+    d = resolve_method(cfg["distill"], trainable_mode(cfg))
+    assert synthetic_pairs(d) == d["budget"] - (1 if d["method"] in ("lors", "repblend") else 0)
     assert d["max_start_epoch"] - 1 + d["expert_epochs"] <= cfg["buffer"]["epochs"]
     assert path.stem.split("_")[-1] in (str(d["budget"]), d["method"])  # e.g. lors_100, or tuxpaint/mtt-vl
     if d["method"] == "mtt-vl":
         assert d["metagrad"] == "unroll" and d["loss"] == "infonce" and d["sim_type"] == "identity"
+    if d["method"] == "repblend":  # its experts: the heads buffer
+        assert d["blend"] and cfg["buffer"]["out_dir"].endswith("buffer_heads")
 
 
 @pytest.mark.parametrize("path", EDGE_CONFIGS, ids=lambda p: p.parent.name)

@@ -344,3 +344,10 @@ def test_periodic_evaluation_logs_val_recall(base_cfg, ctx, tmp_path):
     lines = [line for line in logged if "val mean recall" in line]
     assert len(lines) == 1 and lines[0].startswith("iteration 2: ") and "(2 students)" in lines[0]
     assert 0.0 <= float(lines[0].split("val mean recall ")[1].split()[0]) <= 100.0
+
+
+def test_student_lrs_start_per_tower_when_lr_teacher_names_them(base_cfg, ctx, tmp_path):
+    cfg = distill_cfg(base_cfg, tmp_path / "run", iterations=0, lr_teacher={"image": 0.01, "text": 0.2})
+    assert Distiller.from_context(ctx, cfg, log=_quiet).run().lrs == pytest.approx({"image": 0.01, "text": 0.2})
+    with pytest.raises(ValueError, match=r"lr_teacher must be a number or \{image: \.\., text: \.\.\}"):
+        Distiller.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)

@@ -11,12 +11,23 @@ from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
 from utils.training import pick_device
 
+TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
+
+
+def trainable_mode(cfg):
+    """model.trainable of a config (default full), checked."""
+    mode = cfg["model"].get("trainable", "full")
+    if mode not in TRAINABLE:
+        raise ValueError(f"model.trainable must be one of {', '.join(TRAINABLE)}, not {mode!r}")
+    return mode
+
 
 class RunContext:
     def __init__(self, cfg, splits=("train", "test"), device=None, log=print):
         self.cfg, self.log = cfg, log
         data, model = cfg["data"], cfg["model"]
         self.device = device or pick_device(cfg.get("device", "auto"))
+        self.trainable = trainable_mode(cfg)
         self.cache_dir = cfg.get("cache_dir", ".cache")
         self.splits = {name: load_split(data, name) for name in splits}
         self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
@@ -31,11 +42,16 @@ class RunContext:
         self.text_encoder.cpu()  # frozen and cached: keep it off the accelerator from here on
 
     def new_student(self, seed):
-        """A fresh student: the pretrained image tower and a text head initialised from `seed`."""
+        """A fresh student: the pretrained image tower and a text head initialised from `seed`; with
+        model.trainable heads the backbone is frozen under a fresh image projection head (also from `seed`,
+        with the text head's dropout), and only the two heads train."""
         torch.manual_seed(seed)
         model = self.cfg["model"]
-        student = DualEncoder(copy.deepcopy(self._image_tower), self.text_encoder.hidden_size,
-                              model.get("temperature", 0.07), model.get("text_dropout", 0.1))
+        dropout = model.get("text_dropout", 0.1)
+        tower = copy.deepcopy(self._image_tower)
+        if self.trainable == "heads":
+            tower.add_projection_head(dropout)
+        student = DualEncoder(tower, self.text_encoder.hidden_size, model.get("temperature", 0.07), dropout)
         return student.to(self.device)
 
     def identity(self):

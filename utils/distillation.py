@@ -14,30 +14,41 @@ from tqdm import tqdm
 from data.distilled import (DistilledSet, load_distilled, nearest_captions, random_pairs, real_pairs,
                             save_distilled)
 from utils.config import save_config
+from utils.context import trainable_mode
 from utils.evaluation import mean_std, student_curves
+from utils.experts import check_expert
 from utils.io import remove_stale_temporaries
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
 from utils.similarity import Similarity
-from utils.trajectories import TrajectoryError, check_compatible, expert_files, read_metadata, read_snapshots
+from utils.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
 from utils.visuals import save_grid, save_heatmap, to_uint8
 
 # What each method fixes unless the config says otherwise; `reserve_pair`: S is paid for with one pair.
+# RepBlend = LoRS + representation blending, matching the projection heads' trajectories (model.trainable: heads).
 PRESETS = {
-    "lors": {"loss": "wbce", "sim_type": "lowrank", "metagrad": "tesla", "reserve_pair": True},
-    "mtt-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "unroll", "reserve_pair": False},
-    "tesla-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "tesla", "reserve_pair": False},
+    "lors": {"loss": "wbce", "sim_type": "lowrank", "metagrad": "tesla", "reserve_pair": True, "blend": False},
+    "mtt-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "unroll", "reserve_pair": False, "blend": False},
+    "tesla-vl": {"loss": "infonce", "sim_type": "identity", "metagrad": "tesla", "reserve_pair": False, "blend": False},
+    "repblend": {"loss": "wbce", "sim_type": "lowrank", "metagrad": "tesla", "reserve_pair": True, "blend": True},
 }
+HEADS_ONLY = ("repblend",)  # methods defined on projection-head trajectories
 # What a resumed run may change: how long, how often to save or evaluate, where things live.
 RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
                   "distill.out_dir", "distill.offload", "device", "cache_dir", "evaluate"}
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 
 
-def resolve_method(dcfg):
-    """The distill section with the method's preset filled in where the config leaves a key null."""
+def resolve_method(dcfg, trainable="full"):
+    """The distill section with the method's preset filled in where the config leaves a key null;
+    `trainable`: the run's model.trainable."""
     if dcfg["method"] not in PRESETS:
         raise ValueError(f"unknown distill.method {dcfg['method']!r}; choose one of {', '.join(PRESETS)}")
+    if dcfg["method"] in HEADS_ONLY and trainable != "heads":
+        raise ValueError(f"distill.method {dcfg['method']} matches projection-head trajectories and needs "
+                         f"model.trainable: heads, but this run has model.trainable: {trainable}; use "
+                         f"configs/<dataset>/{dcfg['method']}*.yaml (experts: buffer_heads.yaml) or set "
+                         f"--model.trainable heads")
     resolved = {**dcfg, **{k: v for k, v in PRESETS[dcfg["method"]].items() if dcfg.get(k) is None}}
     if resolved["metagrad"] not in MODES:
         raise ValueError(f"unknown distill.metagrad {resolved['metagrad']!r}; choose one of {', '.join(MODES)}")
@@ -47,14 +58,14 @@ def resolve_method(dcfg):
 class ExpertPool:
     """The buffer's expert files, all checked up front; a segment (θ_s, θ_{s+E}) is read when needed."""
 
-    def __init__(self, buffer_dir, identity, layouts, last_epoch):
+    def __init__(self, buffer_dir, identity, layouts, last_epoch, trainable="full"):
         self.files = expert_files(buffer_dir)
         if not self.files:
             raise TrajectoryError(f"no expert files (expert_*.safetensors) in {buffer_dir}: run buffer.py with "
                                   f"this config first, or point buffer.out_dir at a finished buffer")
         for path in self.files:
             meta = read_metadata(path)
-            check_compatible(meta, identity, layouts, path)
+            check_expert(meta, identity, layouts, trainable, path)
             saved = meta["shapes"]["image"][0] - 1
             if saved < last_epoch:
                 raise TrajectoryError(f"buffer file {path} holds epochs 0..{saved}, but distillation reads up to "
@@ -108,6 +119,16 @@ def synthetic_pairs(dcfg):
     return dcfg["budget"] - 1 if dcfg["reserve_pair"] else dcfg["budget"]
 
 
+def teacher_lrs(lr_teacher):
+    """{tower: the student lr's start}: `distill.lr_teacher` is one number for both towers, or {image, text}
+    (experts that train their towers at different lrs)."""
+    if isinstance(lr_teacher, dict):
+        if set(lr_teacher) != {"image", "text"}:
+            raise ValueError(f"distill.lr_teacher must be a number or {{image: .., text: ..}}, not {lr_teacher}")
+        return {t: float(lr_teacher[t]) for t in ("image", "text")}
+    return {"image": float(lr_teacher), "text": float(lr_teacher)}
+
+
 def initial_set(ctx, dcfg, n):
     """N random real training pairs (test transform), or noise; S at its start; lrs at lr_teacher."""
     d, train = dcfg, ctx.splits["train"]
@@ -123,7 +144,7 @@ def initial_set(ctx, dcfg, n):
         raise ValueError(f"distill.init must be real or noise, not {d['init']!r}")
     dset.similarity = Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"],
                                  generator=torch.Generator().manual_seed(d["seed"] + 1))
-    dset.lrs = {"image": d["lr_teacher"], "text": d["lr_teacher"]}
+    dset.lrs = teacher_lrs(d["lr_teacher"])
     return dset
 
 
@@ -132,7 +153,7 @@ class Distiller:
     from a run's data and buffer; the constructor takes the parts (the benchmark passes synthetic ones)."""
 
     def __init__(self, cfg, student, pool, dset, device, ctx=None, log=tqdm.write):
-        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"])
+        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"], trainable_mode(cfg))
         self.student, self.pool, self.dset, self.device, self.ctx, self.log = student, pool, dset, device, ctx, log
         self.out_dir = Path(self.dcfg["out_dir"])
         offload = self.dcfg.get("offload", "auto")
@@ -142,10 +163,10 @@ class Distiller:
 
     @classmethod
     def from_context(cls, ctx, cfg, log=tqdm.write):
-        d = resolve_method(cfg["distill"])
+        d = resolve_method(cfg["distill"], ctx.trainable)
         student = ctx.new_student(d["seed"]).train()
         pool = ExpertPool(cfg["buffer"]["out_dir"], {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint},
-                          student.layouts(), d["max_start_epoch"] - 1 + d["expert_epochs"])
+                          student.layouts(), d["max_start_epoch"] - 1 + d["expert_epochs"], ctx.trainable)
         if d["eval_every"] and "val" not in ctx.splits:
             raise ValueError("distill.eval_every > 0 evaluates on the val split: build the RunContext with it")
         n, available = synthetic_pairs(d), len(ctx.splits["train"].captions)

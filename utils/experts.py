@@ -47,7 +47,7 @@ def run_buffer(cfg, log=tqdm.write):
                     "epochs": bcfg["epochs"], "dtype": bcfg.get("dtype", "fp32")}
         layouts = ctx.new_student(0).layouts()
         if rank == 0:
-            _check_existing(out_dir, identity, layouts)
+            _check_existing(out_dir, identity, layouts, ctx.trainable)
             remove_stale_temporaries(out_dir)
             save_config(cfg, out_dir / "config.yaml")
             if world > 1:
@@ -68,17 +68,33 @@ def run_buffer(cfg, log=tqdm.write):
             dist.destroy_process_group()
 
 
-def _check_existing(out_dir, identity, layouts):
+def _check_existing(out_dir, identity, layouts, trainable):
     """Before anything is written: every expert already there must come from the same settings."""
     for path in expert_files(out_dir):
-        check_compatible(read_metadata(path), identity, layouts, path)
+        check_expert(read_metadata(path), identity, layouts, trainable, path)
+
+
+PARAMETERS = {"full": "full towers", "heads": "projection heads only"}  # what each model.trainable trains
+
+
+def check_expert(meta, identity, layouts, trainable, path):
+    """`check_compatible`, first saying plainly when the file holds other parameters than this run trains
+    (model.trainable); files from before that key hold full towers."""
+    found = meta.get("trainable", "full")
+    if found != trainable:
+        raise TrajectoryError(
+            f"buffer {path} holds {PARAMETERS[found]} (model.trainable: {found}) but this run trains "
+            f"{PARAMETERS[trainable]} (model.trainable: {trainable}); point buffer.out_dir at a buffer made with "
+            f"model.trainable: {trainable} (configs/<dataset>/buffer{'_heads' if trainable == 'heads' else ''}.yaml "
+            f"makes one), or set model.trainable: {found}")
+    check_compatible(meta, identity, layouts, path)
 
 
 def expert_setup(ctx, seed):
     """The expert recipe of the config's `buffer` section: (fresh student, its SGD optimizer, train loader)."""
     bcfg = ctx.cfg["buffer"]
     student = ctx.new_student(seed)
-    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
+    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"], bcfg.get("momentum", 0.0))
     transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
     loader = pair_loader(ctx.splits["train"], transform, bcfg["batch_size"], seed,
                          ctx.cfg["data"].get("num_workers", 0))
@@ -119,7 +135,7 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
 
     start = time.time()
     fit_expert(ctx, seed, record, log, name=f"expert {index}")
-    metadata = {**identity, "expert": index, "seed": seed, "train_loss": losses,
+    metadata = {**identity, "trainable": ctx.trainable, "expert": index, "seed": seed, "train_loss": losses,
                 "test_recall": recalls, "seconds": round(time.time() - start, 1), "config": ctx.cfg}
     metadata.update({f"layout_{tower}": layout for tower, layout in layouts.items()})
     save_expert(expert_path(out_dir, index), snapshots, metadata, bcfg.get("dtype", "fp32"))
@@ -131,9 +147,10 @@ def _test_recall(ctx, student):
 
 def expert_students(ctx, path, epochs=None):
     """[(epoch, student at that snapshot)] of one expert file (default: its first and last epochs) and the
-    file's metadata; the file must match this run's encoders, image size and parameter layout."""
+    file's metadata; the file must match this run's encoders, image size, model.trainable and parameter layout."""
     identity = {k: v for k, v in ctx.identity().items() if k != "dataset"}
-    snapshots, meta = load_expert(path, identity, ctx.new_student(0).layouts())
+    check_expert(read_metadata(path), identity, ctx.new_student(0).layouts(), ctx.trainable, path)
+    snapshots, meta = load_expert(path)
     last = snapshots["image"].shape[0] - 1
     students = []
     for epoch in epochs if epochs is not None else [0, last]:
