@@ -351,3 +351,20 @@ def test_student_lrs_start_per_tower_when_lr_teacher_names_them(base_cfg, ctx, t
     assert Distiller.from_context(ctx, cfg, log=_quiet).run().lrs == pytest.approx({"image": 0.01, "text": 0.2})
     with pytest.raises(ValueError, match=r"lr_teacher must be a number or \{image: \.\., text: \.\.\}"):
         Distiller.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)
+
+
+def test_a_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx, tmp_path, monkeypatch):
+    out = tmp_path / "negative"
+    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    before = _snapshot(out)
+    real = distillation.meta_gradient
+
+    def pushing_the_image_lr_down(*args, **kwargs):  # one SGD step of lr_lr 1e-5 takes 0.01 to -0.09
+        loss, syn_grads, lr_grads = real(*args, **kwargs)
+        return loss, syn_grads, {**lr_grads, "image": torch.tensor(1e4)}
+
+    monkeypatch.setattr(distillation, "meta_gradient", pushing_the_image_lr_down)
+    with pytest.raises(FloatingPointError, match=r"distillation iteration 2: the learned student lr became "
+                                                 r"\{'image': -0\.0[0-9]+\}; nothing was written"):
+        Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=4), log=_quiet).run()
+    assert _snapshot(out) == before

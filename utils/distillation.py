@@ -211,6 +211,11 @@ class Distiller:
         for name, tensor in self.leaves().items():
             tensor.grad = grads[name]
         self.optimizer.step()
+        negative = {t: lr.item() for t, lr in self.lrs.items() if lr.item() <= 0}
+        if negative:  # a student that climbs its loss: nothing a set could be evaluated with
+            raise FloatingPointError(
+                f"distillation iteration {iteration}: the learned student lr became {negative}; nothing was written "
+                f"after the last checkpoint in {self.out_dir}. Lower distill.lr_lr (or raise distill.lr_teacher)")
         return loss.item()
 
     # ---- state, checkpoints, pictures -------------------------------------------------------------
