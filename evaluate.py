@@ -88,7 +88,8 @@ def evaluate_full_data(ctx):
     curve, record = scorer(ctx, ("val", "test"))
     fit_expert(ctx, seed, lambda epoch, student, _loss: record(epoch, student), name="full data")
     pairs = len(ctx.splits["train"].captions)
-    return [{"model": f"full data ({pairs} pairs)", "method": "full data", "metagrad": None, "budget": None,
+    heads = ", heads only" if ctx.trainable == "heads" else ""
+    return [{"model": f"full data ({pairs} pairs{heads})", "method": "full data", "metagrad": None, "budget": None,
              "pairs": pairs, "source": ctx.cfg["data"]["annotations"], "students": 1, **summarise([curve]),
              "seconds_per_student": round(time.time() - start, 1), "curves": [curve]}]
 
