@@ -1,41 +1,60 @@
 #!/usr/bin/env bash
 # The Tux Paint benchmark (README, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
-# MTT-VL, TESLA-VL, LoRS with `tesla` and with `exact` meta-gradients, at each budget of BUDGETS (default "10 50"),
-# 3 students each; full data once; each method's undistilled starting point as a control; then one table per
-# budget. CPU only, about 80 min on 2 cores (nothing else running: two jobs on 2 cores slow each other ~10x).
-# Needs the demo data (`make data`); the experts of configs/tuxpaint/buffer.yaml are trained if missing.
+# MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads) at each budget of BUDGETS (default "10 50"),
+# STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
+# kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget.
+# Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid).
+# Every result is its own JSON in OUT and is kept when the script is rerun, so an interrupted run resumes, and
+# parts can run side by side once the experts exist (`BUDGETS= sh/benchmark_tuxpaint.sh` trains them), e.g.
+# `BUDGETS=10 sh/benchmark_tuxpaint.sh & BUDGETS=50 ROWS="lors repblend" sh/benchmark_tuxpaint.sh &`.
+# Needs the demo data (`make data`); the experts of configs/tuxpaint/buffer{,_heads}.yaml are trained if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/tuxpaint/bench}
-BUDGETS=${BUDGETS:-"10 50"}
+BUDGETS=${BUDGETS-"10 50"}  # set and empty: only the experts and full data
+STUDENTS=${STUDENTS:-5}
+GRID=${GRID:-"[0.01, 0.03, 0.1]"}
+ROWS=${ROWS:-"random herding k-center forgetting mtt-vl tesla-vl lors repblend"}  # methods to run (and their controls)
+FULL_EPOCHS=${FULL_EPOCHS:-12}
 export HF_HUB_OFFLINE=1
-base=configs/tuxpaint/buffer.yaml
-distill() {  # name config budget [overrides…]
+full=configs/tuxpaint/buffer.yaml
+heads=configs/tuxpaint/buffer_heads.yaml
+mkdir -p "$OUT"
+
+evaluate() {  # result.json config [evaluate.py arguments…]; skipped when the result exists
+  local out=$OUT/$1 config=$2
+  shift 2
+  [ -f "$out" ] || $PY evaluate.py --config "$config" --evaluate.students "$STUDENTS" --evaluate.lr_grid "$GRID" \
+    --out "$out" "$@"
+}
+distill() {  # name config budget [overrides…]: the distilled set OUT/name_budget/distilled.safetensors
   local name=$1 config=$2 budget=$3
   shift 3
   $PY distill.py --config "configs/tuxpaint/$config" --distill.budget "$budget" --distill.out_dir "$OUT/${name}_$budget" "$@"
 }
-$PY buffer.py --config $base
-$PY evaluate.py --config $base --full-data --out "$OUT/full_data.json"
+
+$PY buffer.py --config $full
+$PY buffer.py --config $heads
+evaluate full_data.json $full --full-data --buffer.epochs "$FULL_EPOCHS"
+evaluate full_data_heads.json $heads --full-data --buffer.epochs "$FULL_EPOCHS"
 for budget in $BUDGETS; do
-  sets=()
   for method in random herding k-center forgetting; do
-    $PY coreset.py --config $base --method $method --budget "$budget" --out "$OUT/${method}_$budget.safetensors"
-    sets+=("$OUT/${method}_$budget.safetensors")
+    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
+    set_=$OUT/${method}_$budget.safetensors
+    [ -f "$set_" ] || $PY coreset.py --config $full --method $method --budget "$budget" --out "$set_"
+    evaluate "${method}_$budget.json" $full --distilled "$set_"
   done
-  distill mtt-vl mtt-vl.yaml "$budget"
-  distill tesla-vl tesla-vl.yaml "$budget"
-  distill lors-tesla lors.yaml "$budget" --distill.metagrad tesla
-  distill lors-exact lors.yaml "$budget" --distill.metagrad exact
-  for name in mtt-vl tesla-vl lors-tesla lors-exact; do
-    sets+=("$OUT/${name}_$budget/distilled.safetensors")
+  # each distillation, then its starting point as a control (its random real pairs, loss and S; lr chosen on val)
+  for method in mtt-vl tesla-vl lors repblend; do
+    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
+    config=configs/tuxpaint/$method.yaml
+    [ $method = repblend ] || config=configs/tuxpaint/lors.yaml  # full-tower students: one config for all
+    distill "$method" "$method.yaml" "$budget"
+    evaluate "${method}_$budget.json" $config --distilled "$OUT/${method}_$budget/distilled.safetensors"
+    if [ $method = tesla-vl ]; then continue; fi  # its starting point is MTT-VL's (same pairs, InfoNCE, S = I)
+    distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
+    evaluate "${method}-start_$budget.json" $config --distilled "$OUT/${method}-start_$budget/distilled.safetensors"
   done
-  $PY evaluate.py --config configs/tuxpaint/lors.yaml --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
-  # controls: each method's starting point (its random real pairs, trained with its own loss and initial lr)
-  distill lors-start lors.yaml "$budget" --distill.iterations 0
-  distill mtt-vl-start mtt-vl.yaml "$budget" --distill.iterations 0
-  $PY evaluate.py --config configs/tuxpaint/lors.yaml --out "$OUT/controls_$budget.json" \
-    --distilled "$OUT/lors-start_$budget/distilled.safetensors" "$OUT/mtt-vl-start_$budget/distilled.safetensors"
 done
-$PY -m utils.report "$OUT"/*.json --out "$OUT/report.md"
+$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"
