@@ -71,8 +71,8 @@ def evaluate_distilled(ctx, paths, cross_architecture=False, log=print):
         entry = describe(dset, path)
         if ecfg.get("lr_grid") and needs_lr_choice(dset):
             lr, curves, scores = val_chosen_lr(ctx, dset, ecfg, log=log)
-            entry.update(model=f"{entry['model']}, lr {lr:g} chosen on val", lr=lr,
-                         lr_grid={f"{k:g}": round(v, 2) for k, v in scores.items()})
+            entry.update(model=f"{entry['model']}, lr {lr} chosen on val", lr=lr,
+                         lr_grid={k: round(v, 2) for k, v in scores.items()})
         else:
             curves = student_curves(ctx, dset, ecfg, log=log)
         seconds = (time.time() - start) / len(curves)

@@ -3,7 +3,8 @@
 # MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads) at each budget of BUDGETS (default "10 50"),
 # STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
 # kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget.
-# Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid).
+# Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid); each control is
+# also trained at the learned lrs of its distilled set.
 # Every result is its own JSON in OUT and is kept when the script is rerun, so an interrupted run resumes, and
 # parts can run side by side once the experts exist (`BUDGETS= sh/benchmark_tuxpaint.sh` trains them), e.g.
 # `BUDGETS=10 sh/benchmark_tuxpaint.sh & BUDGETS=50 ROWS="lors repblend" sh/benchmark_tuxpaint.sh &`.
@@ -54,7 +55,13 @@ for budget in $BUDGETS; do
     evaluate "${method}_$budget.json" $config --distilled "$OUT/${method}_$budget/distilled.safetensors"
     if [ $method = tesla-vl ]; then continue; fi  # its starting point is MTT-VL's (same pairs, InfoNCE, S = I)
     distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
-    evaluate "${method}-start_$budget.json" $config --distilled "$OUT/${method}-start_$budget/distilled.safetensors"
+    start=$OUT/${method}-start_$budget/distilled.safetensors
+    evaluate "${method}-start_$budget.json" $config --distilled "$start"
+    # and at the distilled set's learned lrs (per tower), so that a gain cannot come from the lrs alone
+    learned=$($PY -c "from data.distilled import load_distilled
+lrs = load_distilled('$OUT/${method}_$budget/distilled.safetensors').lrs
+print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
+    evaluate "${method}-start-learned-lr_$budget.json" $config --distilled "$start" --evaluate.lr_grid "$learned"
   done
 done
 $PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"

@@ -130,9 +130,9 @@ def test_lr_grid_chooses_on_val_only_for_sets_without_a_learned_lr(cfg_file, ran
                               "--out", str(tmp_path / "grid.json"), *grid])
     val_best = {float(lr): score for lr, score in entry["lr_grid"].items()}
     assert set(val_best) == {0.001, 0.3} and val_best[0.001] != val_best[0.3]
-    assert entry["lr"] == max(val_best, key=val_best.get)
-    assert entry["model"] == f"random (5 pairs), lr {entry['lr']:g} chosen on val"
-    assert max(r["mean"] for r in entry["curves"][0]["val"]) == pytest.approx(val_best[entry["lr"]], abs=0.01)
+    assert float(entry["lr"]) == max(val_best, key=val_best.get)
+    assert entry["model"] == f"random (5 pairs), lr {entry['lr']} chosen on val"
+    assert max(r["mean"] for r in entry["curves"][0]["val"]) == pytest.approx(val_best[float(entry["lr"])], abs=0.01)
     learned = load_distilled(random_set)
     learned.lrs = {"image": 0.05, "text": 0.05}
     learned.meta["iteration"] = 3
@@ -140,6 +140,10 @@ def test_lr_grid_chooses_on_val_only_for_sets_without_a_learned_lr(cfg_file, ran
     (kept,) = evaluate.main(["--config", str(cfg_file), "--distilled", str(tmp_path / "learned.safetensors"),
                              "--out", str(tmp_path / "learned.json"), *grid])
     assert "lr" not in kept and "chosen on val" not in kept["model"]
+    (per_tower,) = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out",
+                                  str(tmp_path / "tower.json"), "--evaluate.lr_grid", "[{image: 0.001, text: 0.3}]",
+                                  "--evaluate.students", "1"])
+    assert per_tower["lr"] == "0.001 / 0.3" and set(per_tower["lr_grid"]) == {"0.001 / 0.3"}
 
 
 # ---- evaluate.py ---------------------------------------------------------------------------------------------

@@ -142,13 +142,16 @@ def needs_lr_choice(dset):
 
 
 def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write):
-    """(lr, its curves, {lr: val score}) over `ecfg["lr_grid"]` (one lr for both towers): the lr whose students
-    reach the best val mean recall at their val-selected checkpoint, averaged over students (ties: the first)."""
+    """(label of the chosen lr, its curves, {label: val score}) over `ecfg["lr_grid"]`, whose entries are one lr
+    for both towers or {image: .., text: ..}: the entry whose students reach the best val mean recall at their
+    val-selected checkpoint, averaged over students (ties: the first)."""
     scores, curves = {}, {}
     for lr in ecfg["lr_grid"]:
-        log(f"student lr {lr} (chosen on val among {ecfg['lr_grid']})")
-        curves[lr] = student_curves(ctx, replace(dset, lrs={"image": lr, "text": lr}), ecfg, log=log)
-        scores[lr] = statistics.fmean(max(r["mean"] for r in curve["val"]) for curve in curves[lr])
+        lrs = {t: float(lr[t]) for t in ("image", "text")} if isinstance(lr, dict) else {"image": lr, "text": lr}
+        label = f"{lr:g}" if not isinstance(lr, dict) else f"{lrs['image']:g} / {lrs['text']:g}"
+        log(f"student lr {label} (chosen on val among {ecfg['lr_grid']})")
+        curves[label] = student_curves(ctx, replace(dset, lrs=lrs), ecfg, log=log)
+        scores[label] = statistics.fmean(max(r["mean"] for r in curve["val"]) for curve in curves[label])
     best = max(scores, key=scores.get)
     return best, curves[best], scores
 
