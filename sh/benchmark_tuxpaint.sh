@@ -51,7 +51,10 @@ for budget in $BUDGETS; do
     case " $ROWS " in *" $method "*) ;; *) continue ;; esac
     config=configs/tuxpaint/$method.yaml
     [ $method = repblend ] || config=configs/tuxpaint/lors.yaml  # full-tower students: one config for all
-    distill "$method" "$method.yaml" "$budget"
+    if ! distill "$method" "$method.yaml" "$budget"; then  # e.g. a learned lr below zero: say so, go on
+      echo "benchmark: $method at budget $budget stopped (its message is above); no row for it" >&2
+      continue
+    fi
     evaluate "${method}_$budget.json" $config --distilled "$OUT/${method}_$budget/distilled.safetensors"
     if [ $method = tesla-vl ]; then continue; fi  # its starting point is MTT-VL's (same pairs, InfoNCE, S = I)
     distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
