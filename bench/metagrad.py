@@ -68,9 +68,9 @@ def build_distiller(cfg, mode, steps, random_weights):
     """A Distiller wired to a synthetic set and synthetic experts (no data, no buffer)."""
     from data.distilled import DistilledSet
     from networks.student import DualEncoder
-    from utils.distillation import Distiller, resolve_method, synthetic_pairs, teacher_lrs
+    from utils.distillation import Distiller, resolve_method, synthetic_pairs
     from utils.similarity import Similarity
-    from utils.training import pick_device
+    from utils.training import pick_device, tower_lrs
 
     d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps})
     device = pick_device(cfg.get("device", "auto"))
@@ -83,7 +83,7 @@ def build_distiller(cfg, mode, steps, random_weights):
     n, size = synthetic_pairs(d), cfg["data"]["image_size"]
     dset = DistilledSet(torch.randn(n, 3, size, size), torch.randn(n, hidden),
                         Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"]),
-                        teacher_lrs(d["lr_teacher"]))
+                        tower_lrs(d["lr_teacher"], "distill.lr_teacher"))
     distiller = Distiller({**cfg, "distill": d}, student, SyntheticPool(student, device), dset, device)
     what = (f"{image_what} + text head on {hidden}-d features ({text_what}), {size} px, {n} pairs, "
             f"minibatch {d['mini_batch_size']}, {d['loss']}, similarity {d['sim_type']}")

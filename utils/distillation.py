@@ -21,6 +21,7 @@ from utils.io import remove_stale_temporaries
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
 from utils.similarity import Similarity
+from utils.training import tower_lrs
 from utils.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
 from utils.visuals import save_grid, save_heatmap, to_uint8
 
@@ -119,16 +120,6 @@ def synthetic_pairs(dcfg):
     return dcfg["budget"] - 1 if dcfg["reserve_pair"] else dcfg["budget"]
 
 
-def teacher_lrs(lr_teacher):
-    """{tower: the student lr's start}: `distill.lr_teacher` is one number for both towers, or {image, text}
-    (experts that train their towers at different lrs)."""
-    if isinstance(lr_teacher, dict):
-        if set(lr_teacher) != {"image", "text"}:
-            raise ValueError(f"distill.lr_teacher must be a number or {{image: .., text: ..}}, not {lr_teacher}")
-        return {t: float(lr_teacher[t]) for t in ("image", "text")}
-    return {"image": float(lr_teacher), "text": float(lr_teacher)}
-
-
 def initial_set(ctx, dcfg, n):
     """N random real training pairs (test transform), or noise; S at its start; lrs at lr_teacher."""
     d, train = dcfg, ctx.splits["train"]
@@ -144,7 +135,7 @@ def initial_set(ctx, dcfg, n):
         raise ValueError(f"distill.init must be real or noise, not {d['init']!r}")
     dset.similarity = Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"],
                                  generator=torch.Generator().manual_seed(d["seed"] + 1))
-    dset.lrs = teacher_lrs(d["lr_teacher"])
+    dset.lrs = tower_lrs(d["lr_teacher"], "distill.lr_teacher")
     return dset
 
 

@@ -18,7 +18,7 @@ from torch.func import grad_and_value, vmap
 from tqdm import tqdm
 
 from utils.losses import get_loss
-from utils.training import evaluate_retrieval, tower_optimizer
+from utils.training import evaluate_retrieval, tower_lrs, tower_optimizer
 
 PROTOCOLS = ("last epoch", "val-selected", "as published")
 
@@ -147,7 +147,7 @@ def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write):
     val-selected checkpoint, averaged over students (ties: the first)."""
     scores, curves = {}, {}
     for lr in ecfg["lr_grid"]:
-        lrs = {t: float(lr[t]) for t in ("image", "text")} if isinstance(lr, dict) else {"image": lr, "text": lr}
+        lrs = tower_lrs(lr, "each entry of evaluate.lr_grid")
         label = f"{lr:g}" if not isinstance(lr, dict) else f"{lrs['image']:g} / {lrs['text']:g}"
         log(f"student lr {label} (chosen on val among {ecfg['lr_grid']})")
         curves[label] = student_curves(ctx, replace(dset, lrs=lrs), ecfg, log=log)

@@ -22,6 +22,15 @@ def student_optimizer(student, lr_image, lr_text, momentum=0.0, weight_decay=0.0
                            list(student.text.parameters()), lr_image, lr_text, momentum, weight_decay)
 
 
+def tower_lrs(value, key):
+    """{tower: lr} from one number for both towers or {image: .., text: ..}; `key` names the setting in errors."""
+    if isinstance(value, dict):
+        if set(value) != {"image", "text"}:
+            raise ValueError(f"{key} must be a number or {{image: .., text: ..}}, not {value}")
+        return {t: float(value[t]) for t in ("image", "text")}
+    return {"image": float(value), "text": float(value)}
+
+
 def tower_optimizer(image_params, text_params, lr_image, lr_text, momentum=0.0, weight_decay=0.0):
     groups = [{"params": image_params, "lr": lr_image}, {"params": text_params, "lr": lr_text}]
     return torch.optim.SGD(groups, lr=lr_image, momentum=momentum, weight_decay=weight_decay)
