@@ -86,8 +86,29 @@ class TextEncoder(nn.Module):
                                 return_tensors="pt").to(device)
         return self.model(**tokens).last_hidden_state[:, 0].float()
 
-    def encode(self, captions, batch_size=256, progress=True):
-        """Features of many captions, batched, on the CPU."""
+    @property
+    def dropout(self):
+        """{name: probability} of the encoder's own dropout, which acts in train mode (BERT: 0.1 and 0.1)."""
+        config = self.model.config
+        return {k: getattr(config, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+                if getattr(config, k, None)}
+
+    def encode(self, captions, batch_size=256, progress=True, dropout_seed=None):
+        """Features of many captions, batched, on the CPU; with `dropout_seed`, encoded in train mode (dropout on)
+        under that seed, the global RNG left as it was."""
+        if dropout_seed is None:
+            return self._encode(captions, batch_size, progress)
+        device = next(self.model.parameters()).device
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(dropout_seed)
+            self.model.train()
+            try:
+                return self._encode(captions, batch_size, progress)
+            finally:
+                self.model.eval()
+
+    def _encode(self, captions, batch_size, progress):
         batches = range(0, len(captions), batch_size)
         feats = [self(captions[i:i + batch_size]).cpu()
                  for i in tqdm(batches, desc="encoding captions", disable=not progress, leave=False)]

@@ -9,7 +9,8 @@ from data.images import build_transform
 from data.text_cache import caption_features
 from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
-from utils.training import pick_device
+from utils.recipe import CLIP_STATS, expert_recipe, recipe_value
+from utils.training import cached_text_source, pick_device, sampled_text_source
 
 TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
 
@@ -33,13 +34,31 @@ class RunContext:
         self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
         self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)
         self.image_size = data["image_size"]
-        self.mean, self.std = mean, std = self._image_tower.mean, self._image_tower.std
+        self.recipe = expert_recipe(cfg)
+        clip = self.recipe["data.pixel_stats"] == "clip"
+        self.mean, self.std = mean, std = CLIP_STATS if clip else (self._image_tower.mean, self._image_tower.std)
         self.test_transform = build_transform(self.image_size, mean, std, train=False)
         self.train_transform = build_transform(self.image_size, mean, std, train=True,
-                                               randaugment=data.get("randaugment", False))
+                                               randaugment=self.recipe["data.randaugment"])
         self.features = {name: caption_features(split, self.text_encoder, self.cache_dir, log)
                          for name, split in self.splits.items()}
         self.text_encoder.cpu()  # frozen and cached: keep it off the accelerator from here on
+        self._noisy_features = None
+
+    def expert_text_source(self, seed):
+        """Caption indices -> text features while an expert trains: the clean cache, or with
+        buffer.text_encoder_dropout one of the M dropout-noised encodings per use, drawn with `seed`."""
+        if not self.recipe["buffer.text_encoder_dropout"]:
+            return cached_text_source(self.features["train"], self.device)
+        if self._noisy_features is None:
+            if not self.text_encoder.dropout:
+                raise ValueError(f"buffer.text_encoder_dropout: true, but the text encoder {self.text_encoder.name} "
+                                 f"has no dropout to turn on; set it to false")
+            self.text_encoder.to(self.device)
+            self._noisy_features = caption_features(self.splits["train"], self.text_encoder, self.cache_dir,
+                                                    self.log, samples=self.recipe["buffer.text_feature_samples"])
+            self.text_encoder.cpu()
+        return sampled_text_source(self._noisy_features, self.device, seed)
 
     def new_student(self, seed):
         """A fresh student: the pretrained image tower and a text head initialised from `seed`; with
@@ -61,7 +80,8 @@ class RunContext:
                 "text_encoder": str(self.cfg["model"]["text_encoder"]),
                 "text_weights": self.text_encoder.weights_hash,
                 "image_size": self.image_size,
-                "dataset": self.cfg["data"]["name"]}
+                "dataset": self.cfg["data"]["name"],
+                "recipe": self.recipe}
 
     def artefact_identity(self):
         """The identity plus the pixel normalisation: what a distilled set made in this run records."""

@@ -14,9 +14,10 @@ from tqdm import tqdm
 from utils.config import save_config
 from utils.context import RunContext
 from utils.io import remove_stale_temporaries
+from utils.recipe import ITEMS, recipe_differences
 from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
                                 load_expert, read_metadata, save_expert)
-from utils.training import cached_text_source, evaluate_retrieval, pair_loader, student_optimizer, train_epoch
+from utils.training import evaluate_retrieval, pair_loader, student_optimizer, train_epoch
 
 
 def expert_seed(base_seed, index):
@@ -87,7 +88,16 @@ def check_expert(meta, identity, layouts, trainable, path):
             f"{PARAMETERS[trainable]} (model.trainable: {trainable}); point buffer.out_dir at a buffer made with "
             f"model.trainable: {trainable} (configs/<dataset>/buffer{'_heads' if trainable == 'heads' else ''}.yaml "
             f"makes one), or set model.trainable: {found}")
-    check_compatible(meta, identity, layouts, path)
+    wanted = identity.get("recipe")
+    differing = recipe_differences(meta.get("recipe"), wanted) if wanted is not None else []
+    if differing:
+        made = meta.get("recipe") or {}
+        raise TrajectoryError(
+            f"buffer {path} was made with another expert recipe: "
+            + ", ".join(f"{k} {made.get(k, ITEMS[k][0])} (this run: {wanted[k]})" for k in differing)
+            + "; the expert details must agree between buffer.py and distill.py (only distill.* keys may differ): "
+              "set them as the buffer has them, or point buffer.out_dir at a buffer made with this config")
+    check_compatible(meta, {k: v for k, v in identity.items() if k != "recipe"}, layouts, path)
 
 
 def expert_setup(ctx, seed):
@@ -97,7 +107,7 @@ def expert_setup(ctx, seed):
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"], bcfg.get("momentum", 0.0))
     transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
     loader = pair_loader(ctx.splits["train"], transform, bcfg["batch_size"], seed,
-                         ctx.cfg["data"].get("num_workers", 0))
+                         ctx.cfg["data"].get("num_workers", 0), ctx.recipe["buffer.drop_last"])
     return student, optimizer, loader
 
 
@@ -107,7 +117,7 @@ def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert", on_batch=None
     `on_batch(caption_indices, logits)` after every batch's forward pass."""
     bcfg = ctx.cfg["buffer"]
     student, optimizer, loader = expert_setup(ctx, seed)
-    text_source = cached_text_source(ctx.features["train"], ctx.device)
+    text_source = ctx.expert_text_source(seed)
     on_epoch(0, student, None)
     for epoch in range(1, bcfg["epochs"] + 1):
         loss = train_epoch(student, loader, text_source, optimizer, ctx.device, desc=f"{name} epoch {epoch}",

@@ -36,11 +36,13 @@ def tower_optimizer(image_params, text_params, lr_image, lr_text, momentum=0.0, 
     return torch.optim.SGD(groups, lr=lr_image, momentum=momentum, weight_decay=weight_decay)
 
 
-def pair_loader(split, transform, batch_size, seed, num_workers=0):
-    """Shuffled train view (one item per caption), in an order fixed by `seed`."""
+def pair_loader(split, transform, batch_size, seed, num_workers=0, drop_last=False):
+    """Shuffled train view (one item per caption), in an order fixed by `seed`; `drop_last`: without the short
+    last batch."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(SplitImages(split, transform, per_caption=True), batch_size=batch_size, shuffle=True,
-                      generator=generator, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                      generator=generator, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      drop_last=drop_last)
 
 
 def train_epoch(student, loader, text_source, optimizer, device, desc="train", on_batch=None):
@@ -73,6 +75,17 @@ def cached_text_source(features, device):
     """Look a batch's caption features up in the cache (moved to `device` once)."""
     features = features.to(device)
     return lambda caption_indices: features[caption_indices.to(device)]
+
+
+def sampled_text_source(samples, device, seed):
+    """Look a batch's caption features up in (M, n_captions, h) cached encodings: each use of a caption draws one of
+    its M, from a generator of its own seeded with `seed` (dropout and augmentation keep their streams)."""
+    samples, generator = samples.to(device), torch.Generator().manual_seed(seed)
+
+    def source(caption_indices):
+        draw = torch.randint(samples.shape[0], (len(caption_indices),), generator=generator)
+        return samples[draw.to(device), caption_indices.to(device)]
+    return source
 
 
 @torch.no_grad()
