@@ -3,9 +3,13 @@
 Train view: one item per caption (image, caption index); eval view: one item per image. Text never
 passes through the loader: captions are looked up in the cached text features by index.
 """
+import math
+
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.transforms import functional as F
 
 
 class ImageReadError(RuntimeError):
@@ -34,13 +38,57 @@ def load_image(path):
             f"image {path} cannot be decoded ({err}); re-download it or remove it from the annotations") from err
 
 
+class RandomAugment:
+    """BLIP's RandomAugment, which the public LoRS code applies to expert images: `num_ops` operations drawn with
+    replacement from ten, each applied with probability ½ at `level` of 10, geometric ones filling with grey
+    (at level 5 brightness and sharpness have factor 1: no change). Draws from torch's RNG, so DataLoader workers
+    get distinct streams (the public code's NumPy draws repeat across workers; not reproduced)."""
+
+    FILL = (128, 128, 128)
+
+    def __init__(self, num_ops=2, level=5):
+        self.num_ops, self.level = num_ops, level
+        self.ops = ("identity", "autocontrast", "equalize", "brightness", "sharpness",
+                    "shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+
+    def __call__(self, img):
+        for op in torch.randint(len(self.ops), (self.num_ops,)).tolist():
+            if torch.rand(()) < 0.5:
+                img = self.apply(self.ops[op], img)
+        return img
+
+    def apply(self, name, img):
+        fraction = self.level / 10
+        sign = -1.0 if torch.rand(()) > 0.5 else 1.0
+        bilinear = T.InterpolationMode.BILINEAR
+        shift = {"fill": self.FILL, "interpolation": bilinear, "angle": 0.0, "scale": 1.0}
+        shear = math.degrees(math.atan(sign * 0.3 * fraction))  # about the top-left corner, as cv2's matrix
+        if name == "autocontrast":
+            return F.autocontrast(img)
+        if name == "equalize":
+            return F.equalize(img)
+        if name in ("brightness", "sharpness"):
+            adjust = F.adjust_brightness if name == "brightness" else F.adjust_sharpness
+            return adjust(img, 1.8 * fraction + 0.1)
+        if name.startswith("shear"):
+            angles = [shear, 0.0] if name == "shear_x" else [0.0, shear]
+            return F.affine(img, translate=[0, 0], shear=angles, center=[0, 0], **shift)
+        if name.startswith("translate"):  # up to 10 pixels whatever the image size, as published
+            offset = round(sign * 10 * fraction)
+            return F.affine(img, translate=[offset, 0] if name == "translate_x" else [0, offset], shear=[0.0, 0.0],
+                            **shift)
+        if name == "rotate":
+            return F.rotate(img, sign * 30 * fraction, interpolation=bilinear, fill=self.FILL)
+        return img
+
+
 def build_transform(image_size, mean, std, train=False, randaugment=False):
-    """Test: bicubic resize to S×S. Train: random-resized-crop (0.5–1) + flip (+ RandAugment(2, 5))."""
+    """Test: bicubic resize to S×S. Train: random-resized-crop (0.5–1) + flip (+ BLIP's RandomAugment(2, 5))."""
     if train:
         steps = [T.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                  T.RandomHorizontalFlip()]
         if randaugment:
-            steps.append(T.RandAugment(num_ops=2, magnitude=5))
+            steps.append(RandomAugment(num_ops=2, level=5))
     else:
         steps = [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])

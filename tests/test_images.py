@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from data.images import ImageReadError, build_transform, load_image
+from data.images import ImageReadError, RandomAugment, build_transform, load_image
 
 
 def test_corrupt_image_is_named(tmp_path):
@@ -52,3 +53,39 @@ def test_train_transform_is_random_but_seeded():
     torch.manual_seed(2)
     c = t(img)
     assert a.shape == (3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _striped(size=20):
+    """An image whose every column has its own colour (so a shift is visible)."""
+    img = Image.new("RGB", (size, size))
+    img.putdata([(10 * x % 256, 200, 40) for y in range(size) for x in range(size)])
+    return img
+
+
+def test_randomaugment_translation_moves_by_five_pixels_and_fills_grey():
+    img = _striped()
+    out = np.asarray(RandomAugment(level=5).apply("translate_x", img))
+    src = np.asarray(img)
+    grey = (out == 128).all(axis=2).all(axis=0)  # columns that are all fill
+    assert grey.sum() == 5 and (grey[:5].all() or grey[-5:].all())
+    kept = out[:, 5:] if grey[:5].all() else out[:, :-5]
+    assert np.array_equal(kept, src[:, :-5] if grey[:5].all() else src[:, 5:])
+
+
+def test_randomaugment_shear_keeps_the_top_row_and_level_five_enhancements_are_identities():
+    img = _striped()
+    augment = RandomAugment(level=5)
+    sheared = np.asarray(augment.apply("shear_x", img))
+    assert np.array_equal(sheared[0], np.asarray(img)[0]) and not np.array_equal(sheared, np.asarray(img))
+    for name in ("brightness", "sharpness", "identity"):
+        assert np.array_equal(np.asarray(augment.apply(name, img)), np.asarray(img))
+
+
+def test_randomaugment_applies_each_of_two_draws_with_probability_one_half():
+    img, augment, unchanged = _striped(), RandomAugment(num_ops=2, level=5), 0
+    torch.manual_seed(0)
+    for _ in range(400):
+        unchanged += np.array_equal(np.asarray(augment(img)), np.asarray(img))
+    # unchanged: both skipped (¼) or only no-op ops drawn (identity, brightness, sharpness: 3 of 10) ≈ 0.4
+    expected = sum(p_skip * p_noop for p_skip, p_noop in ((0.25, 1), (0.5, 0.3), (0.25, 0.09)))
+    assert abs(unchanged / 400 - expected) < 0.08
