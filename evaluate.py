@@ -14,7 +14,7 @@ table and a PNG of recall against student epochs beside it.
 import time
 from pathlib import Path
 
-from data.distilled import load_distilled, read_folder, renormalised
+from data.distilled import IDENTITY_KEYS, load_distilled, read_folder, renormalised
 from utils.config import parse_args
 from utils.context import RunContext
 from utils.evaluation import PROTOCOLS, needs_lr_choice, scorer, student_curves, summarise, val_chosen_lr
@@ -48,9 +48,8 @@ def load_set(ctx, path, cross_architecture=False):
     """A distilled-set file or a folder, checked against (and converted for) this run's student."""
     if Path(path).is_dir():
         return read_folder(path, ctx.text_encoder, ctx.test_transform, ctx.artefact_identity())
-    if not cross_architecture:
-        return load_distilled(path, ctx.identity())
-    return renormalised(load_distilled(path, ctx.identity(), keys=CROSS_ARCHITECTURE_KEYS), ctx.mean, ctx.std)
+    keys = CROSS_ARCHITECTURE_KEYS if cross_architecture else IDENTITY_KEYS
+    return renormalised(load_distilled(path, ctx.identity(), keys=keys), ctx.mean, ctx.std)
 
 
 def describe(dset, path):

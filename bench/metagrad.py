@@ -72,7 +72,7 @@ def build_distiller(cfg, mode, steps, random_weights):
     from utils.similarity import Similarity
     from utils.training import pick_device, tower_lrs
 
-    d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps})
+    d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps}, recipe=cfg.get("recipe"))
     device = pick_device(cfg.get("device", "auto"))
     torch.manual_seed(0)
     tower, image_what = image_tower(cfg["model"], random_weights, cfg.get("cache_dir", ".cache"))

@@ -106,7 +106,10 @@ def read_folder(folder, text_encoder, transform, meta):
 
 
 def renormalised(dset, mean, std):
-    """The set with its pixels moved to another encoder's normalisation (cross-architecture evaluation)."""
+    """The set with its pixels moved to another normalisation (another encoder's, or `data.pixel_stats`); the set
+    itself when it already has this one."""
+    if [list(dset.meta[k]) for k in ("mean", "std")] == [list(mean), list(std)]:
+        return dset
     shape = (1, 3, 1, 1)
     old_mean, old_std = (torch.tensor(dset.meta[k], dtype=torch.float32).view(shape) for k in ("mean", "std"))
     pixels = dset.images * old_std + old_mean

@@ -88,6 +88,31 @@ def test_wbce_with_one_group_only_is_the_plain_mean():
         assert value.item() == pytest.approx(bce(t(Z3), targets).item(), abs=1e-12)
 
 
+def test_reference_wbce_takes_logs_of_sigma_plus_eps_as_the_public_code():
+    eps = 1e-6
+    sigma = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    term = lambda z, s: -(s * math.log(sigma(z) + eps) + (1 - s) * math.log(1 - sigma(z) + eps))  # noqa: E731
+    pos = [term(Z3[i][j], S3[i][j]) for i in range(3) for j in range(3) if S3[i][j] > 0.5]
+    neg = [term(Z3[i][j], S3[i][j]) for i in range(3) for j in range(3) if S3[i][j] <= 0.5]
+    expected = 0.5 * (sum(pos) / len(pos) + sum(neg) / len(neg))
+    got = wbce(t(Z3), t(S3), eps=eps).item()
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got != pytest.approx(wbce(t(Z3), t(S3)).item(), abs=1e-9)  # ε changes the value
+    # ε bounds the loss where log-sigmoid does not: wrong by 80 costs -log(1e-6 + σ(-80)) ≈ 13.8, not 80
+    wrong = wbce(t([[-80.0, 80.0], [80.0, -80.0]]), t([[1.0, 0.0], [0.0, 1.0]]), eps=eps).item()
+    assert wrong == pytest.approx(-math.log(eps + sigma(-80)), rel=1e-9)
+
+
+def test_wbce_without_a_positive_gives_the_negative_term_whole_or_half():
+    targets = torch.full((3, 3), 0.25, dtype=torch.float64)
+    negative = sum(bce_term(Z3[i][j], 0.25) for i in range(3) for j in range(3)) / 9
+    assert wbce(t(Z3), targets).item() == pytest.approx(negative, abs=1e-12)
+    assert wbce(t(Z3), targets, no_positive="half").item() == pytest.approx(negative / 2, abs=1e-12)
+    # with a positive in the batch both variants are the same
+    assert wbce(t(Z3), t(S3), no_positive="half").item() == pytest.approx(wbce(t(Z3), t(S3)).item(), abs=1e-15)
+    assert get_loss("wbce", {"no_positive": "half"})(t(Z3), targets).item() == pytest.approx(negative / 2)
+
+
 def test_wbce_is_stable_for_large_logits():
     logits = t([[80.0, -80.0], [-80.0, 80.0]])
     assert wbce(logits, t([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-12)

@@ -20,6 +20,7 @@ from utils.experts import check_expert
 from utils.io import remove_stale_temporaries
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
+from utils.recipe import distill_recipe, loss_options
 from utils.similarity import Similarity
 from utils.training import tower_lrs
 from utils.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
@@ -40,9 +41,9 @@ RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eva
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 
 
-def resolve_method(dcfg, trainable="full"):
-    """The distill section with the method's preset filled in where the config leaves a key null;
-    `trainable`: the run's model.trainable."""
+def resolve_method(dcfg, trainable="full", recipe=None):
+    """The distill section with the method's preset, and the `recipe`'s distill details (utils.recipe), filled in
+    where the config leaves a key null; `trainable`: the run's model.trainable."""
     if dcfg["method"] not in PRESETS:
         raise ValueError(f"unknown distill.method {dcfg['method']!r}; choose one of {', '.join(PRESETS)}")
     if dcfg["method"] in HEADS_ONLY and trainable != "heads":
@@ -50,7 +51,8 @@ def resolve_method(dcfg, trainable="full"):
                          f"model.trainable: heads, but this run has model.trainable: {trainable}; use "
                          f"configs/<dataset>/{dcfg['method']}*.yaml (experts: buffer_heads.yaml) or set "
                          f"--model.trainable heads")
-    resolved = {**dcfg, **{k: v for k, v in PRESETS[dcfg["method"]].items() if dcfg.get(k) is None}}
+    resolved = {**dcfg, **{k: v for k, v in PRESETS[dcfg["method"]].items() if dcfg.get(k) is None},
+                **distill_recipe({"recipe": recipe, "distill": dcfg})}
     if resolved["metagrad"] not in MODES:
         raise ValueError(f"unknown distill.metagrad {resolved['metagrad']!r}; choose one of {', '.join(MODES)}")
     return resolved
@@ -80,10 +82,12 @@ class ExpertPool:
 
 class Sampler:
     """All the randomness of the outer loop, from one generator, with a state that checkpoints:
-    experts cycle through shuffled lists; minibatches walk a permutation of the set in chunks."""
+    experts cycle through shuffled lists; minibatches walk a permutation of the set in chunks, either one queue
+    across iterations (`queue`) or, as the public code, a fresh permutation per iteration whose chunks that do
+    not fit whole are dropped (`permutation`)."""
 
-    def __init__(self, seed, num_experts, n, batch_size):
-        self.num_experts, self.n, self.batch_size = num_experts, n, batch_size
+    def __init__(self, seed, num_experts, n, batch_size, mode="queue"):
+        self.num_experts, self.n, self.batch_size, self.mode = num_experts, n, batch_size, mode
         self.generator = torch.Generator().manual_seed(seed)
         self.expert_queue = torch.empty(0, dtype=torch.long)
         self.batch_queue = torch.empty(0, dtype=torch.long)
@@ -99,8 +103,10 @@ class Sampler:
 
     def batches(self, count):
         out = []
+        if self.mode == "permutation":
+            self.batch_queue = torch.empty(0, dtype=torch.long)
         for _ in range(count):
-            if len(self.batch_queue) == 0:
+            if len(self.batch_queue) == 0 or (self.mode == "permutation" and len(self.batch_queue) < self.batch_size):
                 self.batch_queue = torch.randperm(self.n, generator=self.generator)
             out.append(self.batch_queue[:self.batch_size])
             self.batch_queue = self.batch_queue[self.batch_size:]
@@ -121,11 +127,16 @@ def synthetic_pairs(dcfg):
 
 
 def initial_set(ctx, dcfg, n):
-    """N random real training pairs (test transform), or noise; S at its start; lrs at lr_teacher."""
-    d, train = dcfg, ctx.splits["train"]
+    """N random real training pairs (test transform, or with distill.init_augment the train transform drawn from
+    the seed), or noise; S at its start; lrs at lr_teacher."""
+    d, train, augment = dcfg, ctx.splits["train"], dcfg["init_augment"]
     meta = {**ctx.artefact_identity(), "method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
-            "budget": d["budget"], "seed": d["seed"], "init": d["init"]}
-    dset = real_pairs(train, ctx.features["train"], ctx.test_transform, random_pairs(train, n, d["seed"]), meta)
+            "loss_options": loss_options(d), "budget": d["budget"], "seed": d["seed"],
+            "init": d["init"], "init_augment": augment}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(d["seed"])
+        dset = real_pairs(train, ctx.features["train"], ctx.train_transform if augment else ctx.test_transform,
+                          random_pairs(train, n, d["seed"]), meta)
     if d["init"] == "noise":
         gen = torch.Generator().manual_seed(d["seed"])
         dset.images = torch.randn(dset.images.shape, generator=gen)
@@ -144,17 +155,18 @@ class Distiller:
     from a run's data and buffer; the constructor takes the parts (the benchmark passes synthetic ones)."""
 
     def __init__(self, cfg, student, pool, dset, device, ctx=None, log=tqdm.write):
-        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"], trainable_mode(cfg))
+        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"], trainable_mode(cfg), cfg.get("recipe"))
         self.student, self.pool, self.dset, self.device, self.ctx, self.log = student, pool, dset, device, ctx, log
         self.out_dir = Path(self.dcfg["out_dir"])
         offload = self.dcfg.get("offload", "auto")
         self.offload = ("host" if device.type == "cuda" else "disk") if offload == "auto" else offload
-        self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"])
+        self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"],
+                               self.dcfg["minibatches"])
         self._learnables()
 
     @classmethod
     def from_context(cls, ctx, cfg, log=tqdm.write):
-        d = resolve_method(cfg["distill"], ctx.trainable)
+        d = resolve_method(cfg["distill"], ctx.trainable, cfg.get("recipe"))
         student = ctx.new_student(d["seed"]).train()
         pool = ExpertPool(cfg["buffer"]["out_dir"], {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint},
                           student.layouts(), d["max_start_epoch"] - 1 + d["expert_epochs"], ctx.trainable)
@@ -178,7 +190,7 @@ class Distiller:
                   (list(self.lrs.values()), d["lr_lr"])]
         self.optimizer = torch.optim.SGD([{"params": p, "lr": lr} for p, lr in groups if p],
                                          lr=d["lr_image"], momentum=d["momentum"])
-        self.loss_fn = get_loss(d["loss"])
+        self.loss_fn = get_loss(d["loss"], loss_options(d))
 
     def step(self, iteration):
         """One outer iteration; returns the matching loss (raises, changing nothing, if it is not finite)."""

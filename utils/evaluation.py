@@ -38,7 +38,7 @@ def train_students(ctx, dset, ecfg, seeds, on_checkpoint=None, desc="student"):
     """
     students = [ctx.new_student(seed).train() for seed in seeds]
     lrs = dset.lrs or {"image": ecfg["lr_image"], "text": ecfg["lr_text"]}
-    loss_fn = get_loss(dset.meta.get("loss", "infonce"))
+    loss_fn = get_loss(dset.meta.get("loss", "infonce"), dset.meta.get("loss_options"))
     images, texts = dset.images.to(ctx.device), dset.text_features.to(ctx.device)
     sim = dset.similarity.to(ctx.device)
     if len(students) == 1:

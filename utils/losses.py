@@ -21,12 +21,20 @@ def infonce(logits, targets=None):
     return 0.5 * (image_to_text + text_to_image)
 
 
-def wbce(logits, targets):
+def wbce(logits, targets, eps=0.0, no_positive="whole"):
     """LoRS's weighted BCE: element-wise BCE of σ(Z) against S, averaged separately over the positives
     (S > 0.5, a mask without gradient) and the negatives, then ½(pos + neg) so the few positives count
-    as much as the many negatives. Written with log-sigmoid (stable) instead of log(σ(Z) + ε)."""
-    elementwise = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    as much as the many negatives. With eps = 0 written with log-sigmoid (exact and stable); the public code's
+    log(σ(Z) + eps) and log(1 − σ(Z) + eps) otherwise. A minibatch without a positive gives the negative term
+    whole, or `no_positive="half"` half of it (as the public code: ½(0 + neg))."""
+    if eps:
+        p = torch.sigmoid(logits)
+        elementwise = -(targets * torch.log(p + eps) + (1 - targets) * torch.log(1 - p + eps))
+    else:
+        elementwise = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     positive = (targets > 0.5).detach()
+    if not positive.any() and no_positive == "half":
+        return 0.5 * elementwise.mean()
     terms = [elementwise[mask].mean() for mask in (positive, ~positive) if mask.any()]
     return sum(terms) / len(terms)
 
@@ -76,9 +84,10 @@ def diversity(image_features, text_features):
 LOSSES = {"infonce": infonce, "wbce": wbce, "bce": bce, "cwcl": cwcl, "kl": kl, "mse": mse}
 
 
-def get_loss(name):
-    """loss(logits, targets) by name; targets default to the identity (one positive per row)."""
+def get_loss(name, options=None):
+    """loss(logits, targets) by name, with its keyword `options` (wbce: eps, no_positive); targets default to the
+    identity (one positive per row)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    fn = LOSSES[name]
-    return lambda logits, targets=None: fn(logits, _eye_like(logits) if targets is None else targets)
+    fn, options = LOSSES[name], options or {}
+    return lambda logits, targets=None: fn(logits, _eye_like(logits) if targets is None else targets, **options)
