@@ -1,7 +1,11 @@
 """Cost of re-encoding captions every batch vs looking up cached text features (expert training).
 
-    python bench/buffer.py [--config configs/tuxpaint/buffer.yaml] [--epochs 1] [--buffer.batch_size 32]
-        demo: seconds per expert epoch (the config's buffer recipe, real data) with cached vs re-encoded text
+Three modes: `cached` (one clean feature per caption, recipe ours), `sampled` (one of M dropout-noised features
+per caption drawn per use, `buffer.text_feature_samples: M`, recipe reference) and `reencode` (the text encoder in
+train mode on every batch's captions, as the public LoRS code).
+
+    python bench/buffer.py [--config configs/tuxpaint/buffer.yaml] [--epochs 1] [--samples 5]
+        demo: seconds per expert epoch (the config's buffer recipe, real data) in the three modes
     python bench/buffer.py --model-config configs/flickr30k/buffer.yaml [--batch-size 128] [--steps 3]
         the Flickr30K student (NFNet-l0 + BERT-base, 224 px) on synthetic inputs: seconds per training step;
         weights that are not available offline are replaced by random init (reported)
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when 
 from bench.common import emit, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
 
 DEMO_CONFIG = "configs/tuxpaint/buffer.yaml"
-MODES = ("cached", "reencode")
+MODES = ("cached", "sampled", "reencode")
 
 
 def parse(argv):
@@ -39,6 +43,7 @@ def parse(argv):
         p.add_argument("--warmup", type=int, default=2, help="untimed batches/steps first")
         p.add_argument("--batch-size", type=int, help="model: batch size (default: buffer.batch_size)")
         p.add_argument("--random-weights", action="store_true", help="model: do not try the real weights")
+        p.add_argument("--samples", type=int, default=5, help="M of the sampled mode (default 5)")
         p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # set for the child runs
 
     # parse_args wants --config; the model mode's config is --model-config (so overrides apply to it)
@@ -55,17 +60,27 @@ def parse(argv):
 
 def bench_demo(cfg, args):
     """One mode of the demo: `--epochs` full expert epochs with train_epoch, after a short warm-up."""
+    import tempfile
+
     from utils.context import RunContext
     from utils.experts import expert_setup
-    from utils.training import cached_text_source, train_epoch
+    from utils.training import train_epoch
 
+    sampled = args.mode == "sampled"
+    cfg["buffer"].update(text_encoder_dropout=sampled, text_feature_samples=args.samples if sampled else 1)
     ctx = RunContext(cfg, splits=("train",))  # builds the text cache if missing (before memory is counted)
     bcfg, split = cfg["buffer"], ctx.splits["train"]
     student, optimizer, loader = expert_setup(ctx, bcfg.get("seed", 0))
-    if args.mode == "cached":
-        text_source = cached_text_source(ctx.features["train"], ctx.device)
-    else:  # the public pipeline: the frozen encoder (no grad) runs on the batch's caption strings
-        ctx.text_encoder.to(ctx.device)
+    build = None
+    if sampled:  # the one-off cost of the M encodings, in a cache folder of its own so that it is really built
+        with tempfile.TemporaryDirectory() as scratch:
+            ctx.cache_dir, start = scratch, time.perf_counter()
+            ctx.expert_text_source(0)
+            build = time.perf_counter() - start
+    if args.mode != "reencode":
+        text_source = ctx.expert_text_source(bcfg.get("seed", 0))
+    else:  # the public pipeline: the frozen encoder, in train mode (dropout on), runs on the batch's captions
+        ctx.text_encoder.to(ctx.device).model.train()
 
         def text_source(indices):
             return ctx.text_encoder([split.captions[i] for i in indices.tolist()])
@@ -80,6 +95,7 @@ def bench_demo(cfg, args):
     seconds = (time.perf_counter() - start) / args.epochs
     return {"seconds": seconds, **peak_memory(ctx.device, baseline), "device": str(ctx.device),
             "load": os.getloadavg()[0], "steps": len(loader), "captions": len(split.captions), "unit": "epoch",
+            "cache_bytes_per_caption": _cache_bytes(args, ctx.text_encoder.hidden_size), "cache_build_s": build,
             "what": f"{cfg['data']['name']}, {cfg['model']['image_encoder']} + {cfg['model']['text_encoder']}, "
                     f"{cfg['data']['image_size']} px, batch {bcfg['batch_size']}, {len(loader)} steps/epoch"}
 
@@ -90,7 +106,7 @@ def build_text(model_cfg, mode, random_weights, device):
     from networks.encoders import TextEncoder
     from networks.weights import ModelNotFoundError, resolve_text_encoder
     name, max_length = model_cfg["text_encoder"], model_cfg.get("text_max_length", 77)
-    if mode == "cached":  # the cached path never runs the encoder: only its width matters
+    if mode != "reencode":  # the cached paths never run the encoder: only its width matters
         try:
             hidden = AutoConfig.from_pretrained(resolve_text_encoder(name)).hidden_size
         except (OSError, ValueError, ModelNotFoundError):
@@ -120,7 +136,7 @@ def bench_model(cfg, args):
     """One mode of the model benchmark: forward + backward + SGD step with InfoNCE on synthetic inputs."""
     from networks.student import DualEncoder
     from utils.losses import infonce
-    from utils.training import pick_device, student_optimizer
+    from utils.training import pick_device, sampled_text_source, student_optimizer
 
     data, model, bcfg = cfg["data"], cfg["model"], cfg["buffer"]
     device = pick_device(cfg.get("device", "auto"))
@@ -128,6 +144,8 @@ def bench_model(cfg, args):
     torch.manual_seed(0)
     tower, image_what = image_tower(model, args.random_weights, cfg.get("cache_dir", ".cache"))
     encode, hidden, text_what = build_text(model, args.mode, args.random_weights, device)
+    if encode is not None:
+        encode.model.train()  # as the public code: dropout on while experts train
     student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1)).to(device)
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
     images = torch.randn(batch, 3, size, size, device=device)  # synthetic: no data loading in the figure
@@ -135,9 +153,14 @@ def bench_model(cfg, args):
         vocab = [w for w in encode.tokenizer.get_vocab() if w.isascii() and w.isalpha() and len(w) > 2]
         rng = random.Random(0)
 
+    lookup = None
+    if encode is None:  # a cache of 4,096 captions (the lookup's cost does not depend on how many)
+        table = torch.randn(args.samples if args.mode == "sampled" else 1, 4096, hidden)
+        lookup = sampled_text_source(table, device, 0)
+
     def text_features():
-        if encode is None:
-            return torch.randn(batch, hidden, device=device)
+        if lookup is not None:
+            return lookup(torch.randint(4096, (batch,)))
         return encode([" ".join(rng.choices(vocab, k=rng.randint(10, 14))) for _ in range(batch)])
 
     def step():
@@ -158,6 +181,7 @@ def bench_model(cfg, args):
     seconds = (time.perf_counter() - start) / args.steps
     return {"seconds": seconds, **peak_memory(device, baseline), "device": str(device),
             "load": os.getloadavg()[0], "unit": "step", "image": image_what, "text": text_what,
+            "cache_bytes_per_caption": _cache_bytes(args, hidden), "cache_build_s": None,
             "random": [c for c, what in ((model["image_encoder"], image_what), (model["text_encoder"], text_what))
                        if "random init" in what],
             "what": f"{model['image_encoder']} + {model['text_encoder']}, {size} px, batch {batch}"}
@@ -173,31 +197,36 @@ def run_children(argv):
     return results
 
 
-def report(results, label):
-    cached, reencode = results["cached"], results["reencode"]
+def _cache_bytes(args, hidden):
+    """Bytes of cached text per caption in this mode (fp32)."""
+    return {"cached": 1, "sampled": args.samples, "reencode": 0}[args.mode] * hidden * 4
+
+
+def report(results, label, samples):
+    cached = results["cached"]
     unit, kind = cached["unit"], cached["memory_kind"]
-    print(f"\n{label}: {cached['what']}; device {cached['device']}")
+    print(f"\n{label}: {cached['what']}; device {cached['device']}; sampled mode: M = {samples}")
     for key in ("image", "text"):
         for mode in MODES:
             if key in results[mode]:
                 print(f"  {key} ({mode}): {results[mode][key]}")
-    print(f"{'mode':<10} {'s/' + unit:>10} {kind:>34} {'MiB after set-up':>17} {'load avg (1 min)':>17}")
+    print(f"{'mode':<10} {'s/' + unit:>10} {'/cached':>8} {kind:>34} {'cache B/caption':>16} {'load avg':>9}")
     for mode in MODES:
         r = results[mode]
-        base = "n/a" if r["baseline"] is None else f"{r['baseline']:.0f}"
-        print(f"{mode:<10} {r['seconds']:>10.3f} {r['memory']:>34.0f} {base:>17} {r['load']:>17.2f}")
+        print(f"{mode:<10} {r['seconds']:>10.3f} {r['seconds'] / cached['seconds']:>7.2f}x {r['memory']:>34.0f} "
+              f"{r['cache_bytes_per_caption']:>16} {r['load']:>9.2f}")
+    if results["sampled"]["cache_build_s"] is not None:
+        print(f"building the M = {samples} cache once: {results['sampled']['cache_build_s']:.1f} s "
+              f"({cached['captions']} captions)")
     print(f"(load average measured at the end of each run, on {os.cpu_count()} cores: "
           "values above the core count mean other jobs shared the CPU and the timings are inflated)")
-    ratio = reencode["seconds"] / cached["seconds"]
-    print(f"cached text features: {ratio:.2f}x faster per {'expert epoch' if unit == 'epoch' else 'training step'}"
-          f" ({reencode['seconds']:.3f} s re-encoded vs {cached['seconds']:.3f} s cached)")
     random_parts = sorted({c for r in results.values() for c in r.get("random", [])})
     if random_parts:
         print(f"random-init components (figures are for the architecture, not trained weights): {random_parts}")
     where = cached["device"] + (f"; random init: {', '.join(random_parts)}" if random_parts else "")
-    print(f"SUMMARY {label} ({cached['what']}, {where}): cached {cached['seconds']:.3f} s/{unit}, "
-          f"{cached['memory']:.0f} MiB; re-encoded {reencode['seconds']:.3f} s/{unit}, {reencode['memory']:.0f} MiB "
-          f"({kind}); re-encoded/cached = {ratio:.2f}x")
+    figures = "; ".join(f"{m} {results[m]['seconds']:.3f} s/{unit} ({results[m]['seconds'] / cached['seconds']:.2f}x)"
+                        for m in MODES)
+    print(f"SUMMARY {label} ({cached['what']}, {where}, M = {samples}): {figures}")
 
 
 def main(argv=None):
@@ -208,7 +237,7 @@ def main(argv=None):
         emit(bench(cfg, args))
         return
     results = run_children(argv)
-    report(results, "flickr30k-model" if args.model_config else "demo")
+    report(results, "flickr30k-model" if args.model_config else "demo", args.samples)
 
 
 if __name__ == "__main__":

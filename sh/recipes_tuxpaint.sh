@@ -10,10 +10,10 @@ OUT=${OUT:-runs/recipes}
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 
-recipe() {  # name config batch lr_image lr_text momentum augment image_size
+recipe() {  # name config batch lr_image lr_text momentum augment image_size [more overrides…]
   local name=$1 config=$2
   local keys=(--buffer.epochs 8 --buffer.batch_size "$3" --buffer.lr_image "$4" --buffer.lr_text "$5"
-              --buffer.momentum "$6" --buffer.augment "$7" --data.image_size "$8")
+              --buffer.momentum "$6" --buffer.augment "$7" --data.image_size "$8" "${@:9}")
   $PY buffer.py --config "$config" --buffer.out_dir "$OUT/$name" --buffer.eval_every 0 "${keys[@]}"
   $PY -m utils.trajectories "$OUT/$name" --json "$OUT/$name.stats.json"
   [ -f "$OUT/$name.full.json" ] || $PY evaluate.py --config "$config" --full-data --out "$OUT/$name.full.json" "${keys[@]}"
@@ -26,6 +26,12 @@ recipe D_fullbatch_lri001 $full 689 0.01 0.1 0 false 32
 recipe E_b32_momentum $full 32 0.001 0.01 0.9 false 32
 recipe F_64px_lri001 $full 32 0.01 0.1 0 false 64
 recipe H_heads configs/tuxpaint/buffer_heads.yaml 32 0.1 0.1 0 false 32
+# B with the public code's details (recipe: reference; README, "Where this code differs"), one at a time, then all
+recipe B_dropout_m1 $full 32 0.01 0.1 0 false 32 --buffer.text_encoder_dropout true --buffer.text_feature_samples 1
+recipe B_dropout_m5 $full 32 0.01 0.1 0 false 32 --buffer.text_encoder_dropout true --buffer.text_feature_samples 5
+recipe B_clip_stats $full 32 0.01 0.1 0 false 32 --data.pixel_stats clip
+recipe B_reference $full 32 0.01 0.1 0 false 32 --recipe reference
+recipe A_reference $full 32 0.1 0.1 0 true 32 --recipe reference   # published lrs, crops + RandomAugment
 
 trial() {  # name config recipe [distill overrides…]: distil at budget 50 from that recipe's experts, 3 students
   local name=$1 config=$2 buffer=$3
