@@ -3,6 +3,7 @@
     python buffer.py --config configs/tuxpaint/buffer.yaml [--buffer.num_experts 5 ...]
     torchrun --nproc-per-node G buffer.py --config configs/flickr30k/buffer.yaml   # experts spread over G GPUs
 """
+from utils.cli import run
 from utils.config import parse_args
 from utils.experts import run_buffer
 from utils.trajectories import buffer_stats, verdict_lines
@@ -24,4 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

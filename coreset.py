@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from data.distilled import random_pairs, real_pairs, save_distilled
+from utils.cli import run
 from utils.config import parse_args
 from utils.context import RunContext
 from utils.experts import expert_seed, expert_students, fit_expert
@@ -79,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

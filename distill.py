@@ -5,6 +5,7 @@ meta-gradient computed by `unroll`, `tesla` or `exact`. Needs the experts of buf
 
 Rerun the same command after a crash: it resumes from the last checkpoint in distill.out_dir.
 """
+from utils.cli import run
 from utils.config import parse_args
 from utils.context import RunContext
 from utils.distillation import Distiller
@@ -17,4 +18,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

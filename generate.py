@@ -11,7 +11,9 @@ budget_<N>/ (images/, prompts.json, dataset.json, and distilled.safetensors, whi
 """
 from pathlib import Path
 
+from utils.cli import run
 from utils.config import parse_args, save_config
+from utils.io import run_lock
 
 STEPS = ("finetune", "sample", "caption", "export")
 
@@ -37,8 +39,13 @@ def main(argv=None):
     from utils.generation import set_folder
     out_dir = Path(cfg["edge"]["out_dir"])
     finetuned, folder = out_dir / "finetune.safetensors", set_folder(cfg["edge"])
-    save_config(cfg, out_dir / f"config_{args.step}.yaml")
-    for step in STEPS if args.step == "all" else (args.step,):
+    with run_lock(out_dir):
+        save_config(cfg, out_dir / f"config_{args.step}.yaml")
+        run_steps(cfg, args.step, finetuned, folder)
+
+
+def run_steps(cfg, which, finetuned, folder):
+    for step in STEPS if which == "all" else (which,):
         if step == "finetune":
             from utils.edge import finetune
             finetune(cfg)
@@ -59,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

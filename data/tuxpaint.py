@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.images import composite_on_white
+from utils.cli import run
 
 log = logging.getLogger(__name__)
 
@@ -252,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

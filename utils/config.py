@@ -106,8 +106,10 @@ def parse_args(argv=None, description=None, extra=None):
             key, value = token[2:], rest[i + 1]
             i += 2
         overrides.append((key, value))
+    from utils.validate import check_config  # it builds on this module
     try:
         cfg = load_config(args.config, overrides)
+        check_config(cfg)
     except ConfigError as err:
         parser.error(str(err))
     return cfg, args

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from utils.cli import run
 from utils.evaluation import PROTOCOLS
 from utils.io import atomic_write_text
 from utils.metrics import format_table
@@ -105,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
