@@ -11,15 +11,17 @@ A distilled set (an artefact of distill.py / coreset.py, or a folder of PNGs + c
 and the test recall is reported under three protocols (utils/evaluation.py). Writes JSON (--out), a markdown
 table and a PNG of recall against student epochs beside it.
 """
+import os
 import time
 from pathlib import Path
 
 from data.distilled import IDENTITY_KEYS, load_distilled, read_folder, renormalised
+from utils.cli import run
 from utils.config import parse_args
 from utils.context import RunContext
 from utils.evaluation import PROTOCOLS, needs_lr_choice, scorer, student_curves, summarise, val_chosen_lr
 from utils.experts import expert_students, fit_expert
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import atomic_write_json, atomic_write_text, hash_strings
 from utils.metrics import format_table
 from utils.training import evaluate_retrieval
 from utils.visuals import save_curves
@@ -41,7 +43,7 @@ def _flags(parser):
     parser.add_argument("--student-image-weights", default="none",
                         help="its weights: none (random init), hub, or a local file (default: none)")
     parser.add_argument("--out", type=Path,
-                        help="results JSON (default: runs/<dataset>/eval/<first source>.json); .md and .png beside it")
+                        help="results JSON (default: runs/<dataset>/eval/<first source>-<hash of the sources>.json); .md and .png beside it")
 
 
 def load_set(ctx, path, cross_architecture=False):
@@ -49,7 +51,8 @@ def load_set(ctx, path, cross_architecture=False):
     if Path(path).is_dir():
         return read_folder(path, ctx.text_encoder, ctx.test_transform, ctx.artefact_identity())
     keys = CROSS_ARCHITECTURE_KEYS if cross_architecture else IDENTITY_KEYS
-    return renormalised(load_distilled(path, ctx.identity(), keys=keys), ctx.mean, ctx.std)
+    return renormalised(load_distilled(path, ctx.identity(), keys=keys, text_dim=ctx.text_encoder.hidden_size),
+                        ctx.mean, ctx.std)
 
 
 def describe(dset, path):
@@ -63,9 +66,9 @@ def describe(dset, path):
 
 
 def evaluate_distilled(ctx, paths, cross_architecture=False, log=print):
-    entries = []
-    for path in paths:
-        dset, ecfg = load_set(ctx, path, cross_architecture), ctx.cfg["evaluate"]
+    sets = [(path, load_set(ctx, path, cross_architecture)) for path in paths]  # every set checked before training
+    entries, ecfg = [], ctx.cfg["evaluate"]
+    for path, dset in sets:
         start = time.time()
         entry = describe(dset, path)
         if ecfg.get("lr_grid") and needs_lr_choice(dset):
@@ -129,12 +132,23 @@ def write_results(out, ctx, entries):
 
 
 def _default_out(cfg, args):
+    """runs/<dataset>/eval/<name of the first set>-<hash of all the sets' paths>.json: evaluations of different sets
+    never share a file, even when their folders have the same name."""
     if args.full_data:
-        name = "full_data"
+        name, sources = "full_data", [cfg["data"]["annotations"]]
     else:
         first = args.distilled[0]
-        name = first.parent.name if first.stem == "distilled" else first.stem
-    return Path("runs") / cfg["data"]["name"] / "eval" / f"{name}.json"
+        name, sources = (first.parent.name if first.stem == "distilled" else first.stem), args.distilled
+    key = hash_strings(*(Path(p).resolve() for p in sources), args.student_image_encoder)[:8]
+    return Path("runs") / cfg["data"]["name"] / "eval" / f"{name}-{key}.json"
+
+
+def writable(out):
+    """Stop before any training when the results cannot be written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise PermissionError(f"--out {out}: cannot write there; choose another path")
+    return out
 
 
 def main(argv=None):
@@ -142,14 +156,17 @@ def main(argv=None):
     if args.student_image_encoder:
         cfg["model"].update(image_encoder=args.student_image_encoder, image_weights=args.student_image_weights)
     splits = ("test",) if args.expert else ("train", "val", "test") if args.full_data else ("val", "test")
+    for path in args.distilled or [args.expert] * bool(args.expert):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found (--{'distilled' if args.distilled else 'expert'})")
+    out = writable(args.out or _default_out(cfg, args)) if not args.expert or args.out else None
     ctx = RunContext(cfg, splits=splits)
     test = ctx.splits["test"]
     if args.expert:
         rows = evaluate_expert(ctx, args.expert, args.epochs)
         print(f"\n{cfg['data']['name']} test retrieval (%, {len(test.image_paths)} images)\n{format_table(rows)}")
-        if args.out:
-            atomic_write_json(args.out, {"split": "test", "results": [{"model": m, **r} for m, r in rows],
-                                         "config": cfg})
+        if out:
+            atomic_write_json(out, {"split": "test", "results": [{"model": m, **r} for m, r in rows], "config": cfg})
         return rows
     if args.full_data:
         entries = evaluate_full_data(ctx)
@@ -159,11 +176,10 @@ def main(argv=None):
         for entry in entries:
             entry.update(model=f"{entry['model']} → {args.student_image_encoder} student",
                          student_image_encoder=args.student_image_encoder)
-    out = args.out or _default_out(cfg, args)
     write_results(out, ctx, entries)
     print("\n" + markdown(ctx, entries) + f"\nwritten: {out} (+ .md, .png)")
     return entries
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,6 +6,7 @@ and takes one SGD-with-momentum step on all of them. Every `checkpoint_every` it
 written (set, momenta, sampler) so that a killed run resumes to the same result; a non-finite loss or
 gradient stops the run before anything is written.
 """
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from utils.config import save_config
 from utils.context import trainable_mode
 from utils.evaluation import mean_std, student_curves
 from utils.experts import check_expert
-from utils.io import remove_stale_temporaries
+from utils.io import folder_lock, remove_stale_temporaries
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
 from utils.recipe import distill_recipe, loss_options
@@ -39,6 +40,7 @@ HEADS_ONLY = ("repblend",)  # methods defined on projection-head trajectories
 RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
                   "distill.out_dir", "distill.offload", "device", "cache_dir", "evaluate"}
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
+SCRATCH = ".offload"  # under out_dir: where `offload: disk` keeps θ_0 … θ_{K-1} during an iteration
 
 
 def resolve_method(dcfg, trainable="full", recipe=None):
@@ -176,6 +178,10 @@ class Distiller:
         if not 2 <= n <= available:
             raise ValueError(f"distill.budget {d['budget']} means {n} synthetic pairs ({d['method']}), but the "
                              f"training split has {available} pairs: choose a budget that fits")
+        for key in ("mini_batch_size", "sim_rank") if d["sim_type"] == "lowrank" else ("mini_batch_size",):
+            if d[key] > n:
+                raise ValueError(f"distill.{key} {d[key]} is larger than the {n} synthetic pairs of budget "
+                                 f"{d['budget']}; choose at most {n}")
         return cls(cfg, student, pool, initial_set(ctx, d, n), ctx.device, ctx, log)
 
     def _learnables(self):
@@ -201,7 +207,7 @@ class Distiller:
         inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, self.sampler.batches(steps),
                           self.sampler.integer(2 ** 62, steps), d["blend"])
         loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn, steps,
-                                                  d["merge_branches"], self.offload)
+                                                  d["merge_branches"], self.offload, self.out_dir / SCRATCH)
         grads = {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
         bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
         if not torch.isfinite(loss) or bad:
@@ -275,10 +281,16 @@ class Distiller:
     # ---- the run ---------------------------------------------------------------------------------
 
     def run(self):
-        """Distil (resuming a checkpoint of the same settings); returns the final set, also saved."""
+        """Distil (resuming a checkpoint of the same settings) while holding out_dir's lock; returns the final set,
+        also saved."""
+        with folder_lock(self.out_dir, self.log):
+            return self._run()
+
+    def _run(self):
         d = self.dcfg
         iteration, losses = self.resume()
         remove_stale_temporaries(self.out_dir)
+        shutil.rmtree(self.out_dir / SCRATCH, ignore_errors=True)  # θ_i a killed run left behind
         final = self.out_dir / "distilled.safetensors"
         bar = tqdm(range(iteration, d["iterations"]), initial=iteration, total=d["iterations"],
                    desc=f"distill {d['method']} ({d['metagrad']})")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from utils.config import save_config
 from utils.context import RunContext
-from utils.io import remove_stale_temporaries
+from utils.io import remove_stale_temporaries, run_lock
 from utils.recipe import ITEMS, recipe_differences
 from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
                                 load_expert, read_metadata, save_expert)
@@ -41,38 +41,57 @@ def run_buffer(cfg, log=tqdm.write):
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     try:
-        if rank > 0:
-            dist.barrier()  # rank 0 checks the folder and builds the caches first
-        ctx = RunContext(cfg, splits=("train", "test"), device=device, log=log)
-        identity = {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint,
-                    "epochs": bcfg["epochs"], "dtype": bcfg.get("dtype", "fp32")}
-        layouts = ctx.new_student(0).layouts()
-        if rank == 0:
-            _check_existing(out_dir, identity, layouts, ctx.trainable)
-            remove_stale_temporaries(out_dir)
-            save_config(cfg, out_dir / "config.yaml")
-            if world > 1:
-                dist.barrier()
-        todo = [i for i in experts_of_rank(bcfg["num_experts"], rank, world)
-                if not expert_path(out_dir, i).is_file()]
-        log(f"buffer: {bcfg['num_experts']} experts × {bcfg['epochs']} epochs in {out_dir}; "
-            f"{len(todo)} to train on {ctx.device}" + (f" (rank {rank} of {world})" if world > 1 else ""))
-        for index in tqdm(todo, desc=f"experts (rank {rank})", disable=len(todo) < 2):
-            train_expert(ctx, index, identity, layouts, out_dir, log)
-        if world > 1:
-            dist.barrier()
-        if rank > 0:
-            return {}
-        return {expert_index(p): read_metadata(p) for p in expert_files(out_dir)}
+        with run_lock(out_dir, log):
+            return _train_shard(cfg, out_dir, rank, world, device, log)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def _check_existing(out_dir, identity, layouts, trainable):
+def _train_shard(cfg, out_dir, rank, world, device, log):
+    bcfg = cfg["buffer"]
+    if rank > 0:
+        dist.barrier()  # rank 0 checks the folder and builds the caches first
+    ctx = RunContext(cfg, splits=("train", "test"), device=device, log=log)
+    identity = {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint,
+                "epochs": bcfg["epochs"], "dtype": bcfg.get("dtype", "fp32")}
+    layouts = ctx.new_student(0).layouts()
+    if rank == 0:
+        _check_existing(out_dir, identity, layouts, ctx.trainable, bcfg)
+        remove_stale_temporaries(out_dir)
+        save_config(cfg, out_dir / "config.yaml")
+        if world > 1:
+            dist.barrier()
+    todo = [i for i in experts_of_rank(bcfg["num_experts"], rank, world) if not expert_path(out_dir, i).is_file()]
+    log(f"buffer: {bcfg['num_experts']} experts × {bcfg['epochs']} epochs in {out_dir}; "
+        f"{len(todo)} to train on {ctx.device}" + (f" (rank {rank} of {world})" if world > 1 else ""))
+    for index in tqdm(todo, desc=f"experts (rank {rank})", disable=len(todo) < 2):
+        train_expert(ctx, index, identity, layouts, out_dir, log)
+    if world > 1:
+        dist.barrier()
+    if rank > 0:
+        return {}
+    return {expert_index(p): read_metadata(p) for p in expert_files(out_dir)}
+
+
+# What makes an expert besides the model, data and recipe (ctx.identity): an existing buffer is extended only by
+# experts of the same settings. The other buffer keys (num_experts, eval_every, out_dir) may differ between runs.
+EXPERT_KEYS = ("lr_image", "lr_text", "momentum", "batch_size", "augment", "seed")
+
+
+def _check_existing(out_dir, identity, layouts, trainable, bcfg):
     """Before anything is written: every expert already there must come from the same settings."""
     for path in expert_files(out_dir):
-        check_expert(read_metadata(path), identity, layouts, trainable, path)
+        meta = read_metadata(path)
+        check_expert(meta, identity, layouts, trainable, path)
+        made = (meta.get("config") or {}).get("buffer", {})
+        differing = [k for k in EXPERT_KEYS if made.get(k, bcfg.get(k)) != bcfg.get(k)]
+        if differing:
+            raise TrajectoryError(
+                f"buffer {out_dir} holds experts made with other settings ("
+                + ", ".join(f"buffer.{k} {made[k]}, this run {bcfg.get(k)}" for k in differing)
+                + f", in {path.name}); only {', '.join(f'buffer.{k}' for k in ('num_experts', 'eval_every'))} may "
+                  "change between runs into one buffer: use the buffer's settings or another buffer.out_dir")
 
 
 PARAMETERS = {"full": "full towers", "heads": "projection heads only"}  # what each model.trainable trains

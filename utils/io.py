@@ -2,8 +2,9 @@
 import hashlib
 import json
 import os
+import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -11,19 +12,89 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's temporaries are 0600
+
+
+LOCK_FILE = ".lock"  # in a folder a run is writing into (folder_lock)
+
+
+class FolderInUseError(RuntimeError):
+    pass
+
+
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the destination folder; rename it onto `path` only on success."""
+    """Yield a temporary path in the destination folder; rename it onto `path` only on success (with the mode a
+    new file gets under the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def folder_lock(folder, log=print):
+    """Hold `folder/.lock` (pid and host) while a run writes into `folder`: a second run gets a FolderInUseError
+    naming the holder. A lock whose holder has died on this host is taken over, with a note."""
+    folder, me = Path(folder), {"pid": os.getpid(), "host": socket.gethostname()}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                log(f"{folder}: taking over the lock of process {holder['pid']}, which is no longer running")
+                path.unlink(missing_ok=True)
+                continue
+            raise FolderInUseError(
+                f"{folder} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')} ({path}); wait "
+                f"for that run to finish or write elsewhere; if it is gone (e.g. on another machine), delete {path}")
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == me:
+            path.unlink(missing_ok=True)
+
+
+def run_lock(folder, log=print):
+    """`folder_lock` held by a plain run, or by rank 0 of a torchrun job for all its ranks."""
+    return folder_lock(folder, log) if int(os.environ.get("RANK", 0)) == 0 else nullcontext()
+
+
+def _lock_holder(path):
+    try:
+        holder = json.loads(Path(path).read_text())
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):  # being written this instant, or damaged: treated as held
+        return {}
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def atomic_write_text(path, text):

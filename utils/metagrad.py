@@ -40,12 +40,13 @@ def matching_loss(theta_end, theta_target, denominators):
 
 
 def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, num_steps, merge=False,
-                  offload="none"):
+                  offload="none", scratch=None):
     """(L, {name: ∂L/∂syn[name]}, {tower: ∂L/∂lrs[tower]}) for one trajectory segment.
 
     theta_start, theta_target: {tower: flat θ}; lrs: {tower: scalar tensor}; syn: {name: tensor}.
     `offload` (exact, tesla) keeps the stored θ_i off the compute device: in host memory ("host", for a
-    GPU) or in temporary files ("disk"), so that memory stays flat in K; "none" keeps them where they are.
+    GPU) or in temporary files ("disk", in the folder `scratch`, default the system's temporary folder), so that
+    memory stays flat in K; "none" keeps them where they are.
     """
     if mode not in MODES:
         raise ValueError(f"unknown meta-gradient mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -56,7 +57,7 @@ def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, num_step
     denominators = normalisers(theta_start, theta_target, merge)
     if mode == "unroll":
         return _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators)
-    with StepStore(offload) as store:
+    with StepStore(offload, scratch) as store:
         return _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators,
                         frozen=(mode == "tesla"), store=store)
 
@@ -113,12 +114,14 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
 class StepStore:
     """θ_0 … θ_{K−1} of pass 1, kept for pass 2: as they are, in host memory, or in temporary files."""
 
-    def __init__(self, where):
-        self.where, self.items, self.folder = where, {}, None
+    def __init__(self, where, scratch=None):
+        self.where, self.scratch, self.items, self.folder = where, scratch, {}, None
 
     def __enter__(self):
         if self.where == "disk":
-            self.folder = tempfile.TemporaryDirectory(prefix="mmdd-steps-")
+            if self.scratch is not None:
+                Path(self.scratch).mkdir(parents=True, exist_ok=True)
+            self.folder = tempfile.TemporaryDirectory(prefix="mmdd-steps-", dir=self.scratch)
         return self
 
     def __exit__(self, *exc):
