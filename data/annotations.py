@@ -5,7 +5,9 @@
 - BLIP-style per-split lists: train = one {"image", "caption": str} per caption, val/test = one
   {"image", "caption": [str, ...]} per image. Either shape is accepted in any split file.
 
-The format is recognised from the file's content, so a config only names the file(s).
+The format is recognised from the file's content, so a config only names the file(s). Bad data stops with an
+`AnnotationError` naming the file and entry: a value of the wrong type, an unknown split name, an image path
+that leaves the image root, an image listed in two splits (or twice in a Karpathy file).
 """
 import json
 import os
@@ -13,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from utils.io import hash_strings
 
@@ -20,10 +23,24 @@ from utils.io import hash_strings
 PREPROCESS_VERSION = 1
 _PUNCTUATION = re.compile(r'[.!"()*#:;~]')
 SPLITS = ("train", "val", "test")
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+# The dataset name becomes part of cache file names, so it must not hold a path separator or start with a dot.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+               list: "list", dict: "object"}
 
 
 class AnnotationError(ValueError):
     pass
+
+
+class _Entry(NamedTuple):
+    index: int         # position in its file, for messages
+    image: str         # path as written in the file, relative to the image root
+    split: str         # as written in the file ("restval" stays "restval")
+    captions: list     # raw captions
+    source: Path       # its annotation file
+    location: str = ""  # normalised absolute image path: the image's identity across files
 
 
 def preprocess_caption(text, max_words=30):
@@ -57,28 +74,32 @@ class CaptionSplit:
         return hash_strings(self.dataset, self.split, *names, *self.captions, *self.caption_image)
 
 
-def read_split(annotations, split, image_root, dataset, max_words=30):
-    """Read one split. `annotations` is a Karpathy file, or a mapping split -> BLIP-style file."""
+def read_split(annotations, split, image_root, dataset, max_words=30, allow_outside_root=False):
+    """Read one split. `annotations` is a Karpathy file, or a mapping split -> BLIP-style file.
+
+    Every image path must stay inside `image_root` unless `allow_outside_root`; an image may belong to one split
+    only (with a mapping, the other splits' files are read to check this)."""
     if split not in SPLITS:
         raise AnnotationError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
+    root = os.path.abspath(image_root)
     if isinstance(annotations, dict):
+        unknown = [repr(s) for s in annotations if s not in SPLITS]
+        if unknown:
+            raise AnnotationError(f"data.annotations names unknown split(s) {', '.join(unknown)}; "
+                                  f"the known ones are {', '.join(SPLITS)}")
         if split not in annotations:
             raise AnnotationError(f"data.annotations has no file for split '{split}'")
         path = Path(annotations[split])
+        entries = _split_entries(path, split, root, allow_outside_root)
+        for other, other_file in annotations.items():
+            if other != split:
+                _refuse_shared_images(entries, _split_entries(Path(other_file), other, root, allow_outside_root))
     else:
         path = Path(annotations)
-    content = _read_json(path)
-    if isinstance(content, dict) and "images" in content:
-        groups = _karpathy_groups(content, split, path)
-    elif isinstance(content, list):
-        groups = _blip_groups(content, path)
-    else:
-        raise AnnotationError(
-            f"{path}: not a known annotation format (expected a Karpathy file with an 'images' list, "
-            f"or a BLIP-style list of {{'image', 'caption'}} entries)")
-    if not groups:
+        entries = _split_entries(path, split, root, allow_outside_root)
+    if not entries:
         raise AnnotationError(f"{path}: no images in split '{split}'")
-    return _build_split(groups, split, Path(image_root), dataset, str(path), max_words)
+    return _build_split(entries, split, Path(image_root), dataset, str(path), max_words)
 
 
 def _read_json(path):
@@ -90,31 +111,61 @@ def _read_json(path):
         raise AnnotationError(f"{path} is not valid JSON ({err}); re-download or regenerate it") from err
 
 
-def _karpathy_groups(content, split, path):
-    wanted = {"train", "restval"} if split == "train" else {split}
-    groups = {}
-    for i, entry in enumerate(content["images"]):
-        _require(entry, ("filename", "split", "sentences"), path, i, "Karpathy")
-        if entry["split"] not in wanted:
-            continue
-        relpath = os.path.join(entry.get("filepath", ""), entry["filename"])
-        sentences = entry["sentences"]
+def _split_entries(path, split, root, allow_outside_root):
+    """The checked entries of `split` in the file at `path`, whichever its format."""
+    content = _read_json(path)
+    if isinstance(content, dict) and "images" in content:
+        entries = _karpathy_entries(content, path)
+    elif isinstance(content, list):
+        entries = _blip_entries(content, split, path)
+    else:
+        raise AnnotationError(
+            f"{path}: not a known annotation format (expected a Karpathy file with an 'images' list, "
+            f"or a BLIP-style list of {{'image', 'caption'}} entries)")
+    entries = [_locate(e, root, allow_outside_root) for e in entries]
+    if isinstance(content, dict):  # Karpathy lists each image once, with all its captions
+        _refuse_repeated_images(entries)
+    return [e for e in entries if _train_or_same(e.split) == split]
+
+
+def _train_or_same(split):
+    return "train" if split == "restval" else split
+
+
+def _karpathy_entries(content, path):
+    if not isinstance(content["images"], list):
+        raise AnnotationError(f"{path}: 'images' must be a list of image entries, found {_found(content['images'])}")
+    entries, unknown_splits = [], {}
+    for i, item in enumerate(content["images"]):
+        _require(item, ("filename", "split", "sentences"), path, i, "Karpathy")
+        folder = _string(item.get("filepath", ""), path, i, "filepath")
+        image = os.path.join(folder, _string(item["filename"], path, i, "filename"))
+        sentences = item["sentences"]
         if not isinstance(sentences, list) or any(not isinstance(s, dict) or "raw" not in s for s in sentences):
-            raise AnnotationError(f"{path}: image entry {i} ({relpath}): every sentence needs a 'raw' caption")
-        groups.setdefault(relpath, []).extend(s["raw"] for s in sentences)
-    return groups
+            raise AnnotationError(f"{path}: image entry {i} ({image}): every sentence needs a 'raw' caption")
+        captions = [_string(s["raw"], path, i, f"sentence {k} 'raw'") for k, s in enumerate(sentences)]
+        if item["split"] not in KARPATHY_SPLITS:
+            unknown_splits.setdefault(json.dumps(item["split"]), i)
+        entries.append(_Entry(i, image, item["split"], captions, path))
+    if unknown_splits:  # otherwise those images would silently belong to no split
+        raise AnnotationError(
+            f"{path}: unknown split name(s) {', '.join(unknown_splits)} (first in entry "
+            f"{min(unknown_splits.values())}); the known ones are {', '.join(KARPATHY_SPLITS)}: rename them")
+    return entries
 
 
-def _blip_groups(content, path):
-    groups = {}
-    for i, entry in enumerate(content):
-        _require(entry, ("image", "caption"), path, i, "BLIP-style")
-        captions = entry["caption"]
+def _blip_entries(content, split, path):
+    entries = []
+    for i, item in enumerate(content):
+        _require(item, ("image", "caption"), path, i, "BLIP-style")
+        image = _string(item["image"], path, i, "image")
+        captions = item["caption"]
         captions = [captions] if isinstance(captions, str) else captions
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-            raise AnnotationError(f"{path}: entry {i} ({entry['image']}): 'caption' must be a string or a list of strings")
-        groups.setdefault(entry["image"], []).extend(captions)
-    return groups
+            raise AnnotationError(f"{path}: entry {i} ({image}): 'caption' must be a string or a list of strings, "
+                                  f"found {_found(item['caption'])}")
+        entries.append(_Entry(i, image, split, captions, path))
+    return entries
 
 
 def _require(entry, keys, path, index, fmt):
@@ -127,9 +178,59 @@ def _require(entry, keys, path, index, fmt):
             f"({fmt} entries need {', '.join(keys)})")
 
 
-def _build_split(groups, split, image_root, dataset, source, max_words):
+def _string(value, path, index, key):
+    if not isinstance(value, str):
+        raise AnnotationError(f"{path}: entry {index}: {key} must be a string, found {_found(value)}; fix the entry")
+    return value
+
+
+def _found(value):
+    text = json.dumps(value, default=str)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return "null" if value is None else f"{_JSON_TYPES.get(type(value), type(value).__name__)} {text}"
+
+
+def _locate(entry, root, allow_outside_root):
+    """`entry` with its normalised absolute path, which must lie inside `root` unless allowed otherwise."""
+    # Lexical, not resolving links: a data folder the user linked in from another disk stays inside the root.
+    location = os.path.normpath(os.path.join(root, entry.image))
+    if not allow_outside_root and os.path.commonpath([root, location]) != root:
+        raise AnnotationError(
+            f"{entry.source}: entry {entry.index} ({entry.image}) points outside the image root {root}; fix the "
+            f"path, or set data.allow_outside_root: true if the images really live elsewhere")
+    return entry._replace(location=location)
+
+
+def _refuse_repeated_images(entries):
+    first = {}
+    for entry in entries:
+        earlier = first.setdefault(entry.location, entry)
+        if earlier is not entry:
+            same_split = _train_or_same(earlier.split) == _train_or_same(entry.split)
+            advice = ("list it once, with all its captions under 'sentences'" if same_split
+                      else "an image must belong to one split only: remove it from one of them")
+            raise AnnotationError(
+                f"{entry.source}: image {entry.image} is listed in entry {earlier.index} (split '{earlier.split}') "
+                f"and in entry {entry.index} (split '{entry.split}'); {advice}")
+
+
+def _refuse_shared_images(entries, other_entries):
+    other = {e.location: e for e in reversed(other_entries)}  # an image's first entry, to name in the message
+    for entry in entries:
+        if entry.location in other:
+            clash = other[entry.location]
+            raise AnnotationError(
+                f"image {entry.image} is in both split '{entry.split}' ({entry.source}, entry {entry.index}) and "
+                f"split '{clash.split}' ({clash.source}, entry {clash.index}); an image must belong to one split "
+                f"only: remove it from one of them")
+
+
+def _build_split(entries, split, image_root, dataset, source, max_words):
+    groups = {}  # location -> (image as first written, raw captions); repeats are BLIP's one-caption-per-entry
+    for entry in entries:
+        groups.setdefault(entry.location, (entry.image, []))[1].extend(entry.captions)
     image_paths, captions, caption_image = [], [], []
-    for index, (relpath, raw_captions) in enumerate(groups.items()):
+    for index, (relpath, raw_captions) in enumerate(groups.values()):
         if not raw_captions:
             raise AnnotationError(f"{source}: image {relpath} has no captions; add one or remove the image")
         for k, raw in enumerate(raw_captions):
@@ -139,7 +240,7 @@ def _build_split(groups, split, image_root, dataset, source, max_words):
                     f"{source}: caption {k} of image {relpath} is empty after preprocessing ({raw!r}); fix or remove it")
             captions.append(caption)
             caption_image.append(index)
-        image_paths.append(str(image_root / relpath))
+        image_paths.append(os.path.normpath(os.path.join(image_root, relpath)))  # the path checked against the root
     missing = [p for p in image_paths if not os.path.isfile(p)]
     if missing:
         raise AnnotationError(
@@ -150,5 +251,10 @@ def _build_split(groups, split, image_root, dataset, source, max_words):
 
 def load_split(data_cfg, split):
     """`read_split` from the `data` section of a config."""
-    return read_split(data_cfg["annotations"], split, data_cfg["image_root"], data_cfg["name"],
-                      data_cfg.get("max_words", 30))
+    name = data_cfg.get("name")
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise AnnotationError(
+            f"data.name must be a plain name (a letter or digit, then letters, digits, '_', '.' or '-'), found "
+            f"{_found(name)}; it becomes part of cache file names, so pick one such as 'coco'")
+    return read_split(data_cfg["annotations"], split, data_cfg["image_root"], name, data_cfg.get("max_words", 30),
+                      data_cfg.get("allow_outside_root", False))

@@ -4,12 +4,20 @@ Train view: one item per caption (image, caption index); eval view: one item per
 passes through the loader: captions are looked up in the cached text features by index.
 """
 import math
+import warnings
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
+
+# Captioning datasets hold images under 1 megapixel (COCO at most 640×640) and 40 MP covers phone and most camera
+# photos, while a bigger one (or a decompression bomb whose header claims 10,000×10,000) would take hundreds of MB
+# per loader worker to decode for a 224-pixel input: it is refused from its header, before decoding.
+MAX_PIXELS = 40_000_000
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class ImageReadError(RuntimeError):
@@ -24,18 +32,56 @@ def composite_on_white(img):
 
 
 def load_image(path):
-    """RGB image; transparent images are composited on white."""
+    """RGB image; transparent images are composited on white.
+
+    Images above MAX_PIXELS are refused before decoding. Grey images deeper than 8 bits are scaled to 8 bits
+    (Pillow would clip them, turning 16-bit ones white and float ones black): 16-bit (modes I;16*) by value/257;
+    32-bit integers (mode I) likewise when all values lie in 0–65535 (how some decoders hand over 16-bit data),
+    refused otherwise; floats (mode F) by value×255 when all values lie in [0, 1], refused otherwise."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                return composite_on_white(img)
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own size alarm: refuse too
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"image {path} is {width}×{height} ({width * height / 1e6:.1f} megapixels), above the limit "
+                        f"of {MAX_PIXELS / 1e6:g} megapixels; shrink it or remove it from the annotations")
+                img.load()
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    return composite_on_white(img)
+                if img.mode in _SIXTEEN_BIT_MODES + ("I", "F"):
+                    return _grey_to_8_bits(img, path).convert("RGB")
+                return img.convert("RGB")
     except FileNotFoundError as err:
         raise ImageReadError(f"image {path} not found; check data.image_root or download the images") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageReadError(
+            f"image {path} is refused as a possible decompression bomb ({err}); shrink it or remove it from the "
+            f"annotations") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(
             f"image {path} cannot be decoded ({err}); re-download it or remove it from the annotations") from err
+
+
+def _grey_to_8_bits(img, path):
+    """Mode L image from a 16-bit, 32-bit integer or float grey image, by the rules in `load_image`."""
+    values = np.asarray(img, dtype=np.float32)  # exact for 16-bit values
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(values).all() and 0 <= low and high <= 1):
+            raise ImageReadError(
+                f"image {path} holds floating-point pixels spanning [{low:g}, {high:g}], not [0, 1], so their "
+                f"brightness is unknown; convert it to an 8-bit image or remove it from the annotations")
+        scaled = values * 255
+    else:
+        if img.mode == "I" and not (0 <= low and high <= 65535):
+            raise ImageReadError(
+                f"image {path} holds 32-bit integer pixels spanning [{low:g}, {high:g}], outside the 16-bit range "
+                f"0–65535, so their brightness is unknown; convert it to an 8-bit image or remove it from the "
+                f"annotations")
+        scaled = values / 257  # 65535 -> 255 exactly
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))
 
 
 class RandomAugment:
