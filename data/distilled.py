@@ -4,8 +4,13 @@ One safetensors file: tensors `images` (N,3,S,S, normalised pixel space), `text_
 similarity factors (`sim_*`); metadata: method, identity (encoders, weight hashes, image size, dataset),
 normalisation, similarity spec, learned student lrs, captions (nearest real ones, or generated), config,
 seed and provenance. `export_distilled` writes it as PNGs + a Karpathy-style JSON for any other trainer.
+A file whose tensors disagree with each other or with its metadata, or hold NaN/Inf, is refused when read.
 """
 import json
+import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,10 +19,12 @@ from safetensors import safe_open
 
 from data.annotations import read_split
 from data.images import SplitImages
-from utils.io import atomic_path, atomic_write_json, read_tensor_file, save_tensors
+from utils.cli import run
+from utils.io import LOCK_FILE, atomic_write_json, folder_lock, read_tensor_file, save_tensors
 from utils.similarity import Similarity
 
 FORMAT = "mmdd-distilled-v1"
+EXPORT_FORMAT = "mmdd-export-v1"  # in an export's dataset.json: marks a folder that a re-export may replace
 IDENTITY_KEYS = ("image_encoder", "image_weights", "text_encoder", "text_weights", "image_size")
 
 
@@ -49,9 +56,10 @@ def save_distilled(path, dset, extra_tensors=None, extra_meta=None):
     save_tensors(path, {**dset.tensors(), **(extra_tensors or {})}, {**dset.metadata(), **(extra_meta or {})})
 
 
-def load_distilled(path, identity=None, with_extras=False, keys=IDENTITY_KEYS):
+def load_distilled(path, identity=None, with_extras=False, keys=IDENTITY_KEYS, text_dim=None):
     """Read a distilled set; with `identity`, refuse one made for other encoders or another image size
-    (the identity `keys`; cross-architecture evaluation leaves out the image encoder's)."""
+    (the identity `keys`; cross-architecture evaluation leaves out the image encoder's); with `text_dim`, one
+    whose text features are not that wide. A set inconsistent in itself is always refused (`check_consistent`)."""
     path = Path(path)
     if not path.is_file():
         raise DistilledSetError(f"distilled set {path} not found")
@@ -68,10 +76,88 @@ def load_distilled(path, identity=None, with_extras=False, keys=IDENTITY_KEYS):
             raise DistilledSetError(
                 f"distilled set {path} was made with {key} = {meta.get(key)}, but this run uses {identity[key]}; "
                 f"evaluate it with the encoders and image size it was distilled for")
-    spec = meta.pop("similarity")
-    sim = Similarity.from_spec(spec, {k: tensors.pop(k) for k in list(tensors) if k.startswith("sim_")})
-    dset = DistilledSet(tensors.pop("images"), tensors.pop("text_features"), sim, meta.pop("lrs"), meta)
+    missing = [k for k in ("images", "text_features") if k not in tensors]
+    if missing:
+        raise DistilledSetError(f"distilled set {path} has no {' or '.join(missing)} tensor; the file is damaged")
+    sim = _read_similarity(path, meta.pop("similarity", None),
+                           {k: tensors.pop(k) for k in list(tensors) if k.startswith("sim_")})
+    dset = DistilledSet(tensors.pop("images"), tensors.pop("text_features"), sim, meta.pop("lrs", None), meta)
+    check_consistent(dset, path, identity.get("image_size") if identity else None, text_dim)
     return (dset, tensors) if with_extras else dset
+
+
+def _read_similarity(path, spec, params):
+    try:
+        return Similarity.from_spec(spec, params)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DistilledSetError(f"distilled set {path}: its similarity metadata {spec!r} is malformed ({err}); "
+                                f"the file is damaged") from err
+
+
+def _similarity_shapes(sim, n):
+    """The factor shapes an n-pair similarity of this kind has (utils.similarity)."""
+    return {"identity": {}, "full": {"sim_full": (n, n)},
+            "lowrank": {"sim_diag": (n,), "sim_left": (n, sim.rank), "sim_right": (n, sim.rank)}}[sim.kind]
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_consistent(dset, path, image_size=None, text_dim=None):
+    """Refuse a set whose tensors do not fit each other, its metadata or the caller's model (`image_size`, the
+    text feature width `text_dim`), or hold NaN/Inf: such a set would be evaluated wrongly or not at all."""
+    def inconsistent(problem):
+        return DistilledSetError(f"distilled set {path}: {problem}; the file is inconsistent "
+                                 f"(re-export or re-run the distillation)")
+
+    images, texts = dset.images, dset.text_features
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or len(images) == 0:
+        raise inconsistent(f"images has shape {tuple(images.shape)}, not (N, 3, S, S) with N ≥ 1")
+    n, size = images.shape[0], images.shape[2]
+    if dset.meta.get("image_size", size) != size:
+        raise inconsistent(f"images are {size}×{size} pixels but its metadata says "
+                           f"image_size {dset.meta['image_size']}")
+    if image_size is not None and size != image_size:
+        raise DistilledSetError(f"distilled set {path}: images are {size}×{size} pixels, but this run uses "
+                                f"image_size {image_size}; evaluate it with the image size it was distilled for")
+    if texts.dim() != 2:
+        raise inconsistent(f"text_features has shape {tuple(texts.shape)}, not (N, h)")
+    if texts.shape[0] != n:
+        raise inconsistent(f"text_features has {texts.shape[0]} rows but images has {n}")
+    if text_dim is not None and texts.shape[1] != text_dim:
+        raise DistilledSetError(f"distilled set {path}: text_features are {texts.shape[1]}-d, but this run's text "
+                                f"encoder gives {text_dim}-d features; evaluate it with the text encoder it was "
+                                f"distilled for")
+    sim = dset.similarity
+    if sim.n != n:
+        raise inconsistent(f"its similarity is for {sim.n} pairs but images has {n}")
+    shapes = {k: tuple(v.shape) for k, v in sim.params.items()}
+    if shapes != _similarity_shapes(sim, n):
+        raise inconsistent(f"its {sim.kind} similarity has factors {shapes}, expected {_similarity_shapes(sim, n)}")
+    for name, tensor in dset.tensors().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DistilledSetError(f"distilled set {path}: {name} holds NaN or Inf values; the distillation "
+                                    f"diverged or the file is damaged (re-run the distillation)")
+    _check_metadata(dset, n, inconsistent)
+
+
+def _check_metadata(dset, n, inconsistent):
+    lrs = dset.lrs
+    if lrs is not None and (not isinstance(lrs, dict) or set(lrs) != {"image", "text"}
+                            or not all(_is_number(v) and v > 0 for v in lrs.values())):
+        raise inconsistent(f"lrs is {lrs!r}, not null or {{image: η > 0, text: η > 0}}")
+    captions = dset.meta.get("captions")
+    if captions is not None and (not isinstance(captions, list) or not all(isinstance(c, str) for c in captions)):
+        raise inconsistent("captions is not a list of strings")
+    if captions is not None and len(captions) != n:
+        raise inconsistent(f"captions has {len(captions)} entries but images has {n}")
+    for key in ("mean", "std"):
+        value = dset.meta.get(key)
+        if not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value):
+            raise inconsistent(f"{key} is {value!r}, not a list of 3 numbers (the pixel normalisation)")
+    if not all(v > 0 for v in dset.meta["std"]):
+        raise inconsistent(f"std is {dset.meta['std']!r}: every channel's std must be > 0")
 
 
 def random_pairs(split, n, seed):
@@ -124,21 +210,70 @@ def nearest_captions(text_features, reference_features, reference_captions):
     return [reference_captions[i] for i in (a @ b.t()).argmax(dim=1).tolist()]
 
 
-def export_distilled(dset, folder):
+def export_distilled(dset, folder, overwrite=False):
     """`folder/images/0000.png …` + `folder/dataset.json` (Karpathy format, every pair in split train)
-    with each pair's caption (`meta["captions"]`: the nearest real ones, or generated ones)."""
+    with each pair's caption (`meta["captions"]`: the nearest real ones, or generated ones).
+
+    Both are built beside `folder` and then moved in, so a failed export leaves the folder as it was, and a
+    re-export leaves none of the old images. A non-empty folder other than a previous export is refused
+    unless `overwrite` (then its images/ and dataset.json are replaced, anything else in it is left alone)."""
     from PIL import Image
     from utils.visuals import to_uint8
+    folder = Path(folder)
     captions = dset.meta.get("captions")
     if not captions or len(captions) != len(dset):
-        raise DistilledSetError("this distilled set has no caption per pair to export")
-    folder = Path(folder)
-    names = [f"{i:04d}.png" for i in range(len(dset))]
-    for name, pixels in zip(names, to_uint8(dset.images, dset.meta["mean"], dset.meta["std"])):
-        with atomic_path(folder / "images" / name) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
-    write_captions(folder, names, [[c] for c in captions],
-                   {k: dset.meta.get(k) for k in ("method", "dataset", *IDENTITY_KEYS)})
+        raise DistilledSetError(f"cannot export to {folder}: this distilled set has no caption per pair to export")
+    if not torch.isfinite(dset.images).all():
+        raise DistilledSetError(f"cannot export to {folder}: the set's images hold NaN or Inf values (the "
+                                f"distillation diverged); nothing was written")
+    _check_export_target(folder, overwrite)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.export-"))
+    try:
+        (build / "images").mkdir()
+        names = [f"{i:04d}.png" for i in range(len(dset))]
+        for name, pixels in zip(names, to_uint8(dset.images, dset.meta["mean"], dset.meta["std"])):
+            Image.fromarray(pixels).save(build / "images" / name, format="PNG")
+        write_captions(build, names, [[c] for c in captions],
+                       {k: dset.meta.get(k) for k in ("method", "dataset", *IDENTITY_KEYS)})
+        _move_export_in(build, folder)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _is_export(folder):
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_export_target(folder, overwrite):
+    if folder.exists() and not folder.is_dir():
+        raise DistilledSetError(f"cannot export to {folder}: it is a file, not a folder")
+    if overwrite or not folder.is_dir() or _is_export(folder):
+        return
+    entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+    if entries:
+        shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
+        raise DistilledSetError(f"export folder {folder} is not empty ({shown}) and is not a previous export; "
+                                f"choose a new or empty folder, or pass --overwrite (overwrite=True) to replace "
+                                f"its images/ and dataset.json")
+
+
+def _move_export_in(build, folder):
+    """Swap the built images/ and dataset.json into `folder`; the old images/ go into `build` (deleted with it)."""
+    folder.mkdir(exist_ok=True)
+    old_images = folder / "images"
+    if old_images.exists():
+        old_images.rename(build / "old-images")
+    try:
+        (build / "images").rename(folder / "images")
+    except OSError:
+        if (build / "old-images").exists():
+            (build / "old-images").rename(old_images)
+        raise
+    os.replace(build / "dataset.json", folder / "dataset.json")
 
 
 def write_captions(folder, names, captions, source):
@@ -146,15 +281,23 @@ def write_captions(folder, names, captions, source):
     `captions`, and where the set came from."""
     entries = [{"filename": name, "split": "train", "sentences": [{"raw": c} for c in cs]}
                for name, cs in zip(names, captions)]
-    atomic_write_json(Path(folder) / "dataset.json", {"images": entries, "source": source})
+    atomic_write_json(Path(folder) / "dataset.json", {"format": EXPORT_FORMAT, "images": entries, "source": source})
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m data.distilled",
+                                     description="Export a distilled set to PNGs + a Karpathy-style JSON.")
+    parser.add_argument("file", type=Path, help="distilled-set file (distill.py, coreset.py)")
+    parser.add_argument("out", type=Path, help="folder to write images/ and dataset.json into")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace images/ and dataset.json in a non-empty folder that is not a previous export")
+    args = parser.parse_args(argv)
+    dset = load_distilled(args.file)
+    with folder_lock(args.out):
+        export_distilled(dset, args.out, overwrite=args.overwrite)
+    print(f"{len(dset)} pairs exported to {args.out}")
 
 
 if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description="Export a distilled set to PNGs + a Karpathy-style JSON.")
-    parser.add_argument("file", type=Path, help="distilled-set file (distill.py, coreset.py)")
-    parser.add_argument("out", type=Path, help="folder to write images/ and dataset.json into")
-    args = parser.parse_args()
-    dset = load_distilled(args.file)
-    export_distilled(dset, args.out)
-    print(f"{len(dset)} pairs exported to {args.out}")
+    run(main)

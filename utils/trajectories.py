@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from utils.cli import run
 from utils.io import atomic_write_json, read_tensor_file, save_tensors
 
 FORMAT = "mmdd-expert-v1"
@@ -88,9 +89,25 @@ def load_expert(path, identity=None, layouts=None):
 
 
 def read_snapshots(path, epochs):
-    """{tower: (len(epochs), P) float32} of the requested epochs only, without reading the rest."""
+    """{tower: (len(epochs), P) float32} of the requested epochs only, without reading the rest. A missing epoch
+    or a non-finite θ (a diverged expert) is refused here, before it can surface as a NaN matching loss."""
+    snapshots = {}
     with safe_open(str(path), framework="pt") as f:
-        return {tower: torch.cat([f.get_slice(tower)[e:e + 1] for e in epochs]).float() for tower in f.keys()}
+        for tower in f.keys():
+            thetas = f.get_slice(tower)
+            last = thetas.get_shape()[0] - 1
+            rows = []
+            for epoch in epochs:
+                if not 0 <= epoch <= last:
+                    raise TrajectoryError(f"buffer file {path} holds epochs 0..{last}, not epoch {epoch}")
+                theta = thetas[epoch:epoch + 1].float()
+                if not torch.isfinite(theta).all():
+                    raise TrajectoryError(
+                        f"buffer file {path} holds non-finite values in the {tower} tower at epoch {epoch}; that "
+                        f"expert diverged or the file is damaged: retrain it (delete the file and rerun buffer.py)")
+                rows.append(theta)
+            snapshots[tower] = torch.cat(rows)
+    return snapshots
 
 
 # --- Is a buffer worth distilling? Drift versus random walk of the expert segments. ---
@@ -303,4 +320,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
