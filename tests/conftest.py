@@ -79,3 +79,19 @@ def tiny_cfg(tux_slice, shared_cache, tmp_path):
     cfg["cache_dir"] = str(shared_cache)
     cfg["device"] = "cpu"
     return cfg
+
+
+@pytest.fixture(scope="session")
+def slice_config(tux_slice, shared_cache):
+    """slice_config(name, buffer_dir, **buffer): configs/tuxpaint/<name> on the slice, on the CPU, with a tiny expert
+    section (1 expert × 2 epochs, batch 8, no test scoring) writing to buffer_dir."""
+    from utils.config import load_config
+
+    def build(name, buffer_dir, **buffer):
+        cfg = load_config(ROOT / "configs" / "tuxpaint" / name)
+        cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"))
+        cfg["buffer"].update({"out_dir": str(buffer_dir), "num_experts": 1, "epochs": 2, "batch_size": 8,
+                              "eval_every": 0, **buffer})
+        cfg.update(cache_dir=str(shared_cache), device="cpu")
+        return cfg
+    return build

@@ -11,15 +11,13 @@ import coreset
 import evaluate
 from data.annotations import AnnotationError
 from data.distilled import DistilledSetError, export_distilled, load_distilled, renormalised, save_distilled
-from utils.config import load_config, save_config
+from utils.config import save_config
 from utils.context import RunContext
 from utils.evaluation import PROTOCOLS, scorer, select, summarise, train_students
 from utils.experts import expert_students, run_buffer
 from utils.selection import herding, k_center
 from utils.trajectories import expert_path
 
-ROOT = Path(__file__).resolve().parents[1]
-TUXPAINT = ROOT / "datasets" / "tuxpaint"
 
 
 def _quiet(_msg):
@@ -27,14 +25,10 @@ def _quiet(_msg):
 
 
 @pytest.fixture(scope="module")
-def cfg(tux_slice, shared_cache, tmp_path_factory):
+def cfg(slice_config, tmp_path_factory):
     """The demo config on the slice: one expert × 2 epochs; students: 2 × 2 epochs, scored every epoch."""
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
-    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"))
-    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("eval_buffer") / "buffer"), num_experts=1, epochs=2,
-                         batch_size=8, eval_every=0)
+    cfg = slice_config("buffer.yaml", tmp_path_factory.mktemp("eval_buffer") / "buffer")
     cfg["evaluate"].update(students=2, epochs=2, checkpoint_every=1)
-    cfg.update(cache_dir=str(shared_cache), device="cpu")
     run_buffer(cfg, log=_quiet)
     return cfg
 

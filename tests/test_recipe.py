@@ -1,7 +1,6 @@
 """`recipe: reference | ours`: each reference detail on a hand-made case, the M-sample text cache, and a reference
 buffer and distillation on the real Tux Paint slice (recorded, refused by the other recipe, resumed bit-identically)."""
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,16 +9,12 @@ from safetensors import safe_open
 from data.annotations import read_split
 from data.text_cache import cache_path, caption_features
 from networks.encoders import TextEncoder
-from utils.config import load_config
 from utils.context import RunContext
 from utils.distillation import Distiller, Sampler
 from utils.experts import run_buffer
 from utils.recipe import CLIP_STATS, ITEMS, RecipeError, expert_recipe, recipe_value
 from utils.training import sampled_text_source
 from utils.trajectories import TrajectoryError, expert_path
-
-ROOT = Path(__file__).resolve().parents[1]
-TUXPAINT = ROOT / "datasets" / "tuxpaint"
 
 
 def _quiet(_msg):
@@ -112,17 +107,13 @@ def test_each_use_of_a_caption_draws_one_sample_with_the_seed():
 # ---- a reference buffer and distillation on the real slice ----------------------------------------------
 
 @pytest.fixture(scope="module")
-def reference_cfg(tux_slice, shared_cache, tmp_path_factory):
+def reference_cfg(slice_config, tmp_path_factory):
     """configs/tuxpaint/lors.yaml at `recipe: reference` (M = 3, crops + RandomAugment), tiny, with its buffer."""
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
     folder = tmp_path_factory.mktemp("reference")
+    cfg = slice_config("lors.yaml", folder / "buffer", augment=True, text_feature_samples=3)
     cfg["recipe"] = "reference"
-    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"))
-    cfg["buffer"].update(out_dir=str(folder / "buffer"), num_experts=1, epochs=2, batch_size=8, eval_every=0,
-                         augment=True, text_feature_samples=3)
     cfg["distill"].update(budget=6, syn_steps=2, mini_batch_size=4, iterations=4, checkpoint_every=2,
                           max_start_epoch=1, eval_every=0, lr_lr=1e-5, out_dir=str(folder / "distill"))
-    cfg.update(cache_dir=str(shared_cache), device="cpu")
     run_buffer(cfg, log=_quiet)
     return cfg
 

@@ -1,0 +1,205 @@
+"""What happens when things go wrong: one clean line and exit status 2, values checked before any compute, a lock
+per output folder (two real processes), no silent mixing of expert recipes, nothing existing changed."""
+import copy
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from utils.cli import EXIT_USER_ERROR, run
+from utils.config import ConfigError, load_config
+from utils.context import RunContext
+from utils.distillation import SCRATCH, Distiller
+from utils.experts import run_buffer
+from utils.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock
+from utils.trajectories import TrajectoryError
+from utils.validate import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _quiet(_msg):
+    pass
+
+
+def _hashes(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+# ---- one way to fail -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    (("--distill.budget", "abc"), "distill.budget must be a whole number ≥ 2, not 'abc'"),
+    (("--distill.checkpoint_every", "0"), "distill.checkpoint_every must be a whole number ≥ 1, not 0"),
+    (("--distill.lr_teacher", "-0.1"), "distill.lr_teacher must be a number > 0, or {image: …, text: …}"),
+    (("--distill.syn_steps", "0"), "distill.syn_steps must be a whole number ≥ 1"),
+    (("--buffer.momentum", "1.5"), "buffer.momentum must be a number ≥ 0 and < 1, not 1.5"),
+    (("--buffer.num_experts", "-1"), "buffer.num_experts must be a whole number ≥ 1, not -1"),
+    (("--buffer.dtype", "fp16"), "buffer.dtype must be one of fp32, bf16, not 'fp16'"),
+])
+def test_bad_values_are_refused_before_any_compute_with_one_line(tmp_path, override, message):
+    result = _cli("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(tmp_path / "d"),
+                  *override)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "d").exists()
+
+
+def test_every_bad_key_is_named_at_once():
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
+    cfg["buffer"]["epochs"], cfg["distill"]["momentum"] = 0, -0.5
+    with pytest.raises(ConfigError, match=r"buffer\.epochs must be .*; distill\.momentum must be a number ≥ 0"):
+        check_config(cfg)
+    check_config(load_config(ROOT / "configs" / "flickr30k" / "lors_100.yaml"))  # the shipped configs pass
+
+
+def test_run_prints_one_line_or_the_traceback_with_debug(capsys, monkeypatch):
+    def main(argv):
+        raise TrajectoryError("buffer file x.safetensors is damaged;\n  retrain it")
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, [])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err == "error: buffer file x.safetensors is damaged; retrain it (--debug shows the traceback)\n"
+    with pytest.raises(TrajectoryError):
+        run(main, ["--debug"])
+    monkeypatch.setenv("MMDD_DEBUG", "1")
+    with pytest.raises(TrajectoryError):
+        run(main, [])
+
+    def buggy(argv):
+        raise RuntimeError("a bug")
+    monkeypatch.delenv("MMDD_DEBUG")
+    with pytest.raises(RuntimeError, match="a bug"):  # not the toolkit's error: the traceback stays
+        run(buggy, [])
+
+
+def test_evaluate_checks_every_set_and_the_output_before_training(tmp_path):
+    good = tmp_path / "good.safetensors"
+    good.write_bytes(b"")  # exists; never read, since the typo is found first
+    result = _cli("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--distilled", str(good),
+                  str(tmp_path / "typo.safetensors"))
+    assert result.returncode == 2 and "typo.safetensors not found (--distilled)" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _cli("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--full-data",
+                  "--out", str(blocker / "out.json"))
+    assert result.returncode == 2 and str(blocker) in result.stderr and "Traceback" not in result.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_default_evaluation_outputs_differ_for_sets_in_folders_of_the_same_name(tmp_path):
+    import argparse
+    from evaluate import _default_out
+    cfg = {"data": {"name": "toy", "annotations": "a.json"}}
+    args = lambda p: argparse.Namespace(full_data=False, distilled=[p], student_image_encoder=None)  # noqa: E731
+    a = _default_out(cfg, args(tmp_path / "x" / "lors" / "distilled.safetensors"))
+    b = _default_out(cfg, args(tmp_path / "y" / "lors" / "distilled.safetensors"))
+    assert a != b and a.name.startswith("lors-") and a.parent == Path("runs/toy/eval")
+    assert a == _default_out(cfg, args(tmp_path / "x" / "lors" / "distilled.safetensors"))  # same set, same file
+
+
+def test_outputs_get_the_umask_mode(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == FILE_MODE
+
+
+# ---- locks: two real processes ---------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from utils.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "lors"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        before = _hashes(out)
+        result = _cli("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(out))
+        assert result.returncode == 2
+        assert f"in use by process {holder.pid} on " in result.stderr and "Traceback" not in result.stderr
+        assert _hashes(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    notes = []
+    with folder_lock(out, log=notes.append):  # the holder was killed: its lock is stale and taken over
+        assert (out / ".lock").is_file()
+    assert notes and f"taking over the lock of process {holder.pid}" in notes[0]
+    assert not (out / ".lock").exists()
+
+
+def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
+    (tmp_path / ".lock").write_text('{"pid": 1, "host": "elsewhere"}')
+    with pytest.raises(FolderInUseError, match=r"in use by process 1 on elsewhere .*delete .*\.lock"):
+        with folder_lock(tmp_path):
+            pass
+
+
+# ---- no mixing of expert recipes; relations checked; the offload folder --------------------------------
+
+@pytest.fixture(scope="module")
+def small_buffer(slice_config, tmp_path_factory):
+    cfg = slice_config("lors.yaml", tmp_path_factory.mktemp("failures") / "buffer")
+    cfg["distill"].update(budget=6, syn_steps=2, mini_batch_size=3, iterations=1, max_start_epoch=1)
+    run_buffer(cfg, log=_quiet)
+    return cfg
+
+
+def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothing(small_buffer):
+    folder = Path(small_buffer["buffer"]["out_dir"])
+    before = _hashes(folder)
+    other = copy.deepcopy(small_buffer)
+    other["buffer"].update(lr_image=0.1, batch_size=16, num_experts=2)
+    with pytest.raises(TrajectoryError, match=r"other settings \(buffer\.lr_image 0\.01, this run 0\.1, "
+                                              r"buffer\.batch_size 8, this run 16, in expert_000"):
+        run_buffer(other, log=_quiet)
+    assert _hashes(folder) == before  # config.yaml included
+    more = copy.deepcopy(small_buffer)
+    more["buffer"].update(num_experts=1, eval_every=1)  # keys that may differ
+    assert sorted(run_buffer(more, log=_quiet)) == [0]
+
+
+@pytest.mark.parametrize("key, value", [("mini_batch_size", 9), ("sim_rank", 6)])
+def test_minibatch_and_rank_larger_than_the_set_are_refused(small_buffer, tmp_path, key, value):
+    cfg = copy.deepcopy(small_buffer)
+    cfg["distill"].update({key: value, "out_dir": str(tmp_path / "d")})
+    with pytest.raises(ValueError, match=rf"distill\.{key} {value} is larger than the 5 synthetic pairs"):
+        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+
+
+def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_buffer, tmp_path):
+    cfg = copy.deepcopy(small_buffer)
+    out = tmp_path / "d"
+    cfg["distill"].update(out_dir=str(out), offload="disk", metagrad="exact")
+    (out / SCRATCH / "mmdd-steps-old").mkdir(parents=True)
+    (out / SCRATCH / "mmdd-steps-old" / "0_image").write_bytes(b"left by a killed run")
+    distiller = Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+    seen = []
+    real = distiller.step
+
+    def step(iteration):
+        loss = real(iteration)
+        seen.append(sorted(p.name for p in (out / SCRATCH).iterdir()))
+        return loss
+    distiller.step = step
+    started = time.time()
+    distiller.run()
+    assert seen == [[]]  # the stale folder went at start-up; each iteration's own folder is gone when it ends
+    assert not (out / ".lock").exists() and (out / "distilled.safetensors").stat().st_mtime >= started
