@@ -9,7 +9,7 @@ from data.images import build_transform
 from data.text_cache import caption_features
 from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
-from utils.recipe import CLIP_STATS, expert_recipe, recipe_value
+from utils.recipe import CLIP_STATS, expert_recipe
 from utils.training import cached_text_source, pick_device, sampled_text_source
 
 TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
