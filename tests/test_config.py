@@ -62,3 +62,11 @@ def test_a_missing_or_circular_base_is_named(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="its own base"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_a_base_cycle_through_relative_folders_is_named(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("base: sub/../sub/b.yaml\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../sub/../a.yaml\n")
+    with pytest.raises(ConfigError, match="a.yaml is its own base"):
+        load_config(tmp_path / "a.yaml")

@@ -35,7 +35,7 @@ def load_config(path, overrides=()):
 
     A config may start from another one: `base: buffer.yaml` (relative to the file) reads that first and
     lays this file's sections over it, key by key."""
-    cfg = _read(Path(path), seen=())
+    cfg = _read(Path(path).resolve(), seen=())
     for key, value in overrides:
         set_dotted(cfg, key, value, source=str(path))
     return cfg
@@ -53,7 +53,8 @@ def _read(path, seen):
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = cfg.pop("base", None)
-    return _merge(_read(path.parent / base, (*seen, path)), cfg) if base else cfg
+    # resolved, so that a cycle through ../sub/ paths is seen too
+    return _merge(_read((path.parent / base).resolve(), (*seen, path)), cfg) if base else cfg
 
 
 def _merge(base, over):
