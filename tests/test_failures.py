@@ -125,13 +125,13 @@ with folder_lock(sys.argv[1]):
 
 
 def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
-    out = tmp_path / "lors"
+    out = tmp_path / "buffer"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         before = _hashes(out)
-        result = _cli("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(out))
+        result = _cli("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(out))
         assert result.returncode == 2
         assert f"in use by process {holder.pid} on " in result.stderr and "Traceback" not in result.stderr
         assert _hashes(out) == before
