@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from data.distilled import (DistilledSet, load_distilled, nearest_captions, random_pairs, real_pairs,
                             save_distilled)
+from networks.checkpointing import checkpoint_blocks
 from utils.config import save_config
 from utils.context import trainable_mode
 from utils.evaluation import mean_std, student_curves
@@ -38,7 +39,8 @@ PRESETS = {
 HEADS_ONLY = ("repblend",)  # methods defined on projection-head trajectories
 # What a resumed run may change: how long, how often to save or evaluate, where things live.
 RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
-                  "distill.out_dir", "distill.offload", "device", "cache_dir", "evaluate"}
+                  "distill.out_dir", "distill.offload", "distill.checkpoint_activations", "device", "cache_dir",
+                  "evaluate"}  # (checkpointing changes no number; distill.precision does, so it is not here)
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 SCRATCH = ".offload"  # under out_dir: where `offload: disk` keeps θ_0 … θ_{K-1} during an iteration
 
@@ -162,6 +164,8 @@ class Distiller:
         self.out_dir = Path(self.dcfg["out_dir"])
         offload = self.dcfg.get("offload", "auto")
         self.offload = ("host" if device.type == "cuda" else "disk") if offload == "auto" else offload
+        if self.dcfg.get("checkpoint_activations"):
+            checkpoint_blocks(student.image)
         self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"],
                                self.dcfg["minibatches"])
         self._learnables()
@@ -205,7 +209,7 @@ class Distiller:
                                           d["expert_epochs"], self.device)
         steps = d["syn_steps"]
         inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, self.sampler.batches(steps),
-                          self.sampler.integer(2 ** 62, steps), d["blend"])
+                          self.sampler.integer(2 ** 62, steps), d["blend"], d.get("precision", "fp32"))
         loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn, steps,
                                                   d["merge_branches"], self.offload, self.out_dir / SCRATCH)
         grads = {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}

@@ -153,16 +153,19 @@ class InnerLoop:
     similarity block as targets, under its own random seed `seeds[i]` (dropout, blending), so a step
     rebuilt in the backward pass is the very step of the forward pass."""
 
-    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False):
+    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False, precision="fp32"):
         self.student, self.loss_fn, self.similarity = student, loss_fn, similarity
         self.batches, self.seeds, self.blend = batches, [int(s) for s in seeds], blend
+        self.bf16 = precision == "bf16"  # the towers under bf16 autocast; θ, λ, the set and the loss stay fp32
 
     def __call__(self, i, thetas, syn):
         idx = self.batches[i]
         device = syn["images"].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seeds[i])
-            images = self.student.encode_image(syn["images"][idx], thetas["image"])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                images = self.student.encode_image(syn["images"][idx], thetas["image"])
+            images = images.float() if self.bf16 else images
             texts = self.student.encode_text(syn["texts"][idx], thetas["text"])
             targets = self.similarity.block(idx.to(device), syn)
             if self.blend:

@@ -75,7 +75,8 @@ RULES = {
                 "lr_teacher": per_tower(POSITIVE), "momentum": FRACTION,
                 "offload": one_of("auto", "none", "host", "disk"), "merge_branches": one_of(True, False),
                 "init": one_of("real", "noise"), "checkpoint_every": COUNT, "eval_every": whole(0),
-                "eval_students": COUNT, "seed": whole(0)},
+                "eval_students": COUNT, "seed": whole(0), "checkpoint_activations": one_of(True, False),
+                "precision": one_of("fp32", "bf16")},
 }
 
 

@@ -1,0 +1,53 @@
+"""Activation checkpointing that holds under `torch.func.functional_call` and double backward.
+
+`torch.utils.checkpoint` recomputes a block's forward during the backward pass, when functional_call has already
+put the module's own parameters back: the block would be recomputed with the wrong weights and lose its link to the
+flat θ. Here a block's parameters enter the checkpoint as explicit inputs and are swapped in again for the
+recomputation; non-reentrant checkpointing keeps the double backward the meta-gradient needs (one Hessian-vector
+product per step). A block keeps its parameter names, so a tower's flat layout does not change.
+"""
+import threading
+from functools import partial
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+
+_recomputing = threading.local()  # inside a checkpointed call: run the block's own forward
+
+
+def checkpoint_blocks(tower):
+    """Checkpoint every block of `tower`: the children of its `blocks` or `stages` sequence (nested sequences
+    flattened one level; timm's EfficientNet and NFNet), or the whole tower when it has neither. Returns the number
+    of checkpointed blocks."""
+    blocks = _blocks(tower)
+    for block in blocks:
+        if not isinstance(block.forward, partial):  # not twice
+            block.forward = partial(_checkpointed_forward, block, block.forward)
+    return len(blocks)
+
+
+def _blocks(tower):
+    module = getattr(tower, "backbone", tower)
+    for name in ("blocks", "stages"):
+        sequence = getattr(module, name, None)
+        if isinstance(sequence, nn.Sequential):
+            return [block for stage in sequence
+                    for block in (stage if isinstance(stage, nn.Sequential) else [stage])]
+    return [module]
+
+
+def _checkpointed_forward(block, own_forward, x):
+    if getattr(_recomputing, "active", False) or not torch.is_grad_enabled():
+        return own_forward(x)
+    names, params = zip(*block.named_parameters()) if any(True for _ in block.parameters()) else ((), ())
+    return checkpoint(_run, block, names, x, *params, use_reentrant=False)
+
+
+def _run(block, names, x, *params):
+    _recomputing.active = True
+    try:
+        return functional_call(block, dict(zip(names, params)), (x,))
+    finally:
+        _recomputing.active = False
