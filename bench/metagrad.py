@@ -4,6 +4,8 @@
         the demo's student (EfficientNet-Lite0 with its real weights, 64 px) and LoRS settings
     python bench/metagrad.py --config configs/flickr30k/lors_100.yaml --steps 8 --modes tesla exact
         the Flickr30K LoRS-100 setting (NFNet-l0 + BERT-base head, 224 px, 99 pairs, minibatch 20); on a GPU
+    … --checkpointing off on [--distill.precision bf16]
+        each case without and with activation checkpointing (distill.checkpoint_activations), in one table
 
 One iteration = sample a segment, inner loop, meta-gradient, SGD step on the synthetic set: exactly what
 distill.py runs (`Distiller.step`), but on a synthetic set of random pixels and text features and on
@@ -33,8 +35,11 @@ def parse(argv):
     def extra(p):
         p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="inner steps K")
         p.add_argument("--modes", nargs="+", default=["unroll", "tesla", "exact"])
-        p.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
+        p.add_argument("--iterations", type=int, default=3, help="timed iterations (after the warm-up ones)")
+        p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (in the peak memory too)")
         p.add_argument("--random-weights", action="store_true", help="do not try the real image weights")
+        p.add_argument("--checkpointing", nargs="+", choices=["off", "on"],
+                       help="run every case with activation checkpointing off and/or on (default: the config's)")
         p.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # child: MODE STEPS
 
     if "--config" not in argv:
@@ -94,15 +99,18 @@ def run_case(cfg, args):
     mode, steps = args.case[0], int(args.case[1])
     distiller, device, what = build_distiller(cfg, mode, steps, args.random_weights)
     baseline = reset_peak(device)
-    distiller.step(0)  # warm-up (allocator, lazy initialisation)
+    for i in range(args.warmup):  # allocator, lazy initialisation
+        distiller.step(i)
     times = []
-    for i in range(args.iterations):
+    for i in range(args.warmup, args.warmup + args.iterations):
         sync(device)
         start = time.perf_counter()
-        distiller.step(i + 1)
+        distiller.step(i)
         sync(device)
         times.append(time.perf_counter() - start)
     return {"mode": mode, "steps": steps, "seconds": statistics.median(times), "times": times,
+            "checkpointing": "on" if distiller.dcfg.get("checkpoint_activations") else "off",
+            "precision": distiller.dcfg.get("precision", "fp32"),
             **peak_memory(device, baseline), "device": str(device), "what": what, "load": os.getloadavg()[0]}
 
 
@@ -110,10 +118,21 @@ def report(results):
     first = next(iter(results.values()))
     print(f"\n{first['what']}\ndevice {first['device']}; memory: {first['memory_kind']}, shown above the "
           f"set-up level")
-    print(f"{'mode':<8} {'K':>4} {'s/iteration':>12} {'peak MiB':>10} {'load':>6}")
-    for (mode, steps), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"{'mode':<8} {'K':>4} {'ckpt':>5} {'precision':>9} {'s/iteration':>12} {'peak MiB':>10} "
+          f"{'MiB total':>10} {'load':>6}")
+    for (mode, steps, ckpt), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         extra = r["memory"] - (r["baseline"] or 0)
-        print(f"{mode:<8} {steps:>4} {r['seconds']:>12.3f} {extra:>10.0f} {r['load']:>6.2f}")
+        print(f"{mode:<8} {steps:>4} {r['checkpointing']:>5} {r['precision']:>9} {r['seconds']:>12.3f} {extra:>10.0f} "
+              f"{r['memory']:>10.0f} {r['load']:>6.2f}")
+    for (mode, steps, ckpt), r in sorted(results.items()):
+        if ckpt == "on" and (mode, steps, "off") in results:
+            off = results[mode, steps, "off"]
+            print(f"{mode} K={steps}: checkpointing on / off: time {r['seconds'] / off['seconds']:.2f}x, peak "
+                  f"{r['memory']:.0f} / {off['memory']:.0f} MiB ({r['memory'] / off['memory']:.2f}x)")
+    chosen = {}  # the lines below compare one checkpointing setting: off where both ran
+    for (mode, steps, ckpt), r in sorted(results.items(), key=lambda kv: kv[0][2] != "off"):
+        chosen.setdefault((mode, steps), r)
+    results = chosen
     for mode in ("unroll", "tesla", "exact"):
         ks = sorted(k for m, k in results if m == mode)
         if len(ks) > 1:
@@ -134,9 +153,12 @@ def main(argv=None):
     results = {}
     for steps in args.steps:
         for mode in args.modes:
-            result = run_child(__file__, [*argv, "--case", mode, str(steps)], f"{mode} K={steps}")
-            if result is not None:
-                results[mode, steps] = result
+            for ckpt in args.checkpointing or [None]:
+                setting = [] if ckpt is None else ["--distill.checkpoint_activations", str(ckpt == "on").lower()]
+                result = run_child(__file__, [*argv, *setting, "--case", mode, str(steps)],
+                                   f"{mode} K={steps}" + (f" checkpointing {ckpt}" if ckpt else ""))
+                if result is not None:
+                    results[mode, steps, ckpt] = result
     report(results)
 
 
