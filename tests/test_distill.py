@@ -1,6 +1,7 @@
 """Distillation end to end on a slice of the real Tux Paint data with the real offline encoders (32 px):
 a killed run resumes to the very same set, the three methods, refused inputs, the artefact, evaluation."""
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -262,7 +263,7 @@ def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path,
     _assert_same_final(lors_run[1] / "distilled.safetensors", out / "distilled.safetensors")
 
 
-@pytest.mark.parametrize("key, value", [("syn_steps", 3), ("lr_teacher", 0.2)])
+@pytest.mark.parametrize("key, value", [("syn_steps", 3), ("lr_teacher", 0.2), ("precision", "bf16")])
 def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_cfg, ctx, tmp_path, key, value):
     out = tmp_path / "run"
     first = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
@@ -278,6 +279,18 @@ def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_c
     assert extended.meta["iteration"] == 3 and len(extended.meta["losses"]) == 3
     assert extended.meta["losses"][:2] == load_distilled(out / "checkpoint.safetensors").meta["losses"][:2]
     assert not torch.equal(extended.images, first.images)
+
+
+def test_a_run_resumes_with_activation_checkpointing_switched_on(base_cfg, ctx, lors_run, tmp_path):
+    out = tmp_path / "run"
+    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    resumed = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=4, checkpoint_activations=True),
+                                     log=_quiet)
+    assert isinstance(resumed.student.image.backbone.blocks[0][0].forward, functools.partial)  # it is on
+    final = resumed.run()
+    _, _, uninterrupted = lors_run  # checkpointing off throughout
+    assert torch.allclose(final.images, uninterrupted.images, atol=1e-5)
+    assert final.lrs == pytest.approx(uninterrupted.lrs, rel=1e-5)
 
 
 def test_load_distilled_refuses_other_identity_and_damage(lors_run, ctx, tmp_path):
