@@ -15,6 +15,7 @@ its own process; memory is the peak above the level after set-up (GPU: allocated
 Prints figures only; asserts nothing. Timings on a CPU shared with other jobs are meaningless.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -40,6 +41,8 @@ def parse(argv):
         p.add_argument("--random-weights", action="store_true", help="do not try the real image weights")
         p.add_argument("--checkpointing", nargs="+", choices=["off", "on"],
                        help="run every case with activation checkpointing off and/or on (default: the config's)")
+        p.add_argument("--profile", type=int, metavar="N", help="print torch.profiler's N top operators (by self CPU "
+                       "time) of the last timed iteration of every case")
         p.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # child: MODE STEPS
 
     if "--config" not in argv:
@@ -101,13 +104,18 @@ def run_case(cfg, args):
     baseline = reset_peak(device)
     for i in range(args.warmup):  # allocator, lazy initialisation
         distiller.step(i)
-    times = []
+    times, last = [], args.warmup + args.iterations - 1
     for i in range(args.warmup, args.warmup + args.iterations):
+        profiling = args.profile and i == last
         sync(device)
         start = time.perf_counter()
-        distiller.step(i)
-        sync(device)
+        with torch.profiler.profile() if profiling else contextlib.nullcontext() as profiler:
+            distiller.step(i)
+            sync(device)
         times.append(time.perf_counter() - start)
+        if profiling:  # to stderr: stdout carries the JSON line
+            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile),
+                  file=sys.stderr)
     return {"mode": mode, "steps": steps, "seconds": statistics.median(times), "times": times,
             "checkpointing": "on" if distiller.dcfg.get("checkpoint_activations") else "off",
             "precision": distiller.dcfg.get("precision", "fp32"),

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
@@ -39,9 +40,10 @@ def _blocks(tower):
 
 
 def _checkpointed_forward(block, own_forward, x):
-    if getattr(_recomputing, "active", False) or not torch.is_grad_enabled():
-        return own_forward(x)
     names, params = zip(*block.named_parameters()) if any(True for _ in block.parameters()) else ((), ())
+    forward_mode = any(forward_ad.unpack_dual(t).tangent is not None for t in (x, *params))
+    if getattr(_recomputing, "active", False) or not torch.is_grad_enabled() or forward_mode:
+        return own_forward(x)  # (torch's checkpoint cannot hold forward-mode tangents)
     return checkpoint(_run, block, names, x, *params, use_reentrant=False)
 
 

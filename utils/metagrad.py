@@ -17,10 +17,12 @@ with `merge`). We need ∂L/∂ of every synthetic tensor and of the learning ra
 tensors `syn`; it must replay step i's randomness (dropout, blending) identically every time it is called.
 """
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 MODES = ("unroll", "tesla", "exact")
 OFFLOADS = ("none", "host", "disk")
@@ -94,8 +96,7 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
     wanted = [k for k, v in syn.items() if v.requires_grad]
     for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
         leaves = {t: v.requires_grad_(True) for t, v in store.get(i, theta_start).items()}
-        grads = torch.autograd.grad(step_loss(i, leaves, syn), list(leaves.values()), create_graph=True)
-        dots = {t: (g * adjoint[t]).sum() for t, g in zip(leaves, grads)}  # g_i^t · λ_{i+1}^t
+        dots = gradient_dots(step_loss, i, leaves, syn, adjoint)  # g_i^t · λ_{i+1}^t
         for t, dot in dots.items():
             lr_grads[t] -= dot.detach()
         weighted = sum(eta[t] * dot for t, dot in dots.items())
@@ -109,6 +110,17 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
                 if h_lambda is not None:
                     adjoint[t] = adjoint[t] - h_lambda
     return outer, syn_grads, lr_grads
+
+
+def gradient_dots(step_loss, i, thetas, syn, adjoint):
+    """{tower: g_i^t · λ^t}, the step's gradient along the adjoint, as a graph over θ_i and the set (for the
+    Hessian-vector product): the step's own way where it has one (InnerLoop), else reverse over reverse."""
+    own = getattr(step_loss, "gradient_dots", None)
+    dots = own(i, thetas, syn, adjoint) if own else None
+    if dots is None:
+        grads = torch.autograd.grad(step_loss(i, thetas, syn), list(thetas.values()), create_graph=True)
+        dots = {t: (g * adjoint[t]).sum() for t, g in zip(thetas, grads)}
+    return dots
 
 
 class StepStore:
@@ -159,18 +171,44 @@ class InnerLoop:
         self.bf16 = precision == "bf16"  # the towers under bf16 autocast; θ, λ, the set and the loss stay fp32
 
     def __call__(self, i, thetas, syn):
-        idx = self.batches[i]
+        with self._step_rng(i, syn):
+            images = self._images(i, thetas["image"], syn)
+            return self._loss(i, images, thetas, syn)
+
+    def gradient_dots(self, i, thetas, syn, adjoint):
+        """{tower: g^t · λ^t} of step i with the image tower in forward mode: its tangent along λ^I is pulled back
+        by one ordinary backward, where reverse over reverse would run a convolution's double backward (on a CPU,
+        depthwise ones are split channel by channel). The text head, small, stays reverse over reverse (torch's
+        reverse-over-forward of LayerNorm is wrong). None with blending (it mixes the features non-linearly)."""
+        if self.blend:
+            return None
+        with self._step_rng(i, syn), forward_ad.dual_level():
+            dual = self._images(i, forward_ad.make_dual(thetas["image"], adjoint["image"]), syn)
+            images, tangent = forward_ad.unpack_dual(dual)
+            loss = self._loss(i, images, thetas, syn)
+        grad_images, grad_text = torch.autograd.grad(loss, [images, thetas["text"]], create_graph=True)
+        return {"image": (grad_images * tangent).sum(), "text": (grad_text * adjoint["text"]).sum()}
+
+    @contextmanager
+    def _step_rng(self, i, syn):
+        """Step i's own random stream (dropout), the global one left as it was."""
         device = syn["images"].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seeds[i])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                images = self.student.encode_image(syn["images"][idx], thetas["image"])
-            images = images.float() if self.bf16 else images
-            texts = self.student.encode_text(syn["texts"][idx], thetas["text"])
-            targets = self.similarity.block(idx.to(device), syn)
-            if self.blend:
-                images, texts, targets = blend_representations(images, texts, targets)
-            return self.loss_fn(images @ texts.t() / self.student.temperature, targets)
+            yield
+
+    def _images(self, i, theta, syn):
+        with torch.autocast(syn["images"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            images = self.student.encode_image(syn["images"][self.batches[i]], theta)
+        return images.float() if self.bf16 else images
+
+    def _loss(self, i, images, thetas, syn):
+        idx = self.batches[i]
+        texts = self.student.encode_text(syn["texts"][idx], thetas["text"])
+        targets = self.similarity.block(idx.to(syn["images"].device), syn)
+        if self.blend:
+            images, texts, targets = blend_representations(images, texts, targets)
+        return self.loss_fn(images @ texts.t() / self.student.temperature, targets)
 
 
 def blend_representations(images, texts, targets):
