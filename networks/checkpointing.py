@@ -7,6 +7,7 @@ recomputation; non-reentrant checkpointing keeps the double backward the meta-gr
 product per step). A block keeps its parameter names, so a tower's flat layout does not change.
 """
 import threading
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -47,9 +48,17 @@ def _checkpointed_forward(block, own_forward, x):
     return checkpoint(_run, block, names, x, *params, use_reentrant=False)
 
 
-def _run(block, names, x, *params):
+@contextmanager
+def plain_blocks():
+    """Checkpointed blocks run their own forward inside (a recomputation, or another kind of checkpoint)."""
+    before = getattr(_recomputing, "active", False)
     _recomputing.active = True
     try:
-        return functional_call(block, dict(zip(names, params)), (x,))
+        yield
     finally:
-        _recomputing.active = False
+        _recomputing.active = before
+
+
+def _run(block, names, x, *params):
+    with plain_blocks():
+        return functional_call(block, dict(zip(names, params)), (x,))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from networks.checkpointing import checkpoint_blocks
+from networks.forward_mode import build_chain, chain_matches
 from networks.student import DualEncoder
 from utils.losses import get_loss
 from utils.metagrad import InnerLoop, meta_gradient
@@ -37,11 +38,30 @@ class BlockTower(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
 
+class ChainTower(nn.Module):
+    """A plain chain of children (as timm's backbones are), which the forward-mode segments can follow."""
+    out_dim = 7
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.blocks = nn.Sequential(nn.Sequential(nn.Tanh(), nn.Conv2d(4, 6, 3)), nn.Sequential(nn.GELU()))
+        self.head = nn.Sequential(nn.Conv2d(6, self.out_dim, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
 def make_problem(steps, dtype=torch.float32, blend=False, tower=TinyTower, checkpointed=False, precision="fp32"):
     """Student, inner loop and learnable tensors of a 6-pair synthetic set, plus an expert segment."""
     torch.manual_seed(0)
     student = DualEncoder(tower(), TEXT_DIM, temperature=0.5, dropout=0.1).to(dtype).train()
-    if checkpointed:
+    segments = None
+    if checkpointed and tower is ChainTower:
+        segments = build_chain(student.image, student.flat["image"])
+        probe = torch.randn(2, 3, SIZE, SIZE, dtype=dtype, generator=torch.Generator().manual_seed(5))
+        assert len(segments) == 5 and chain_matches(student.image, segments, probe)
+    elif checkpointed:
         assert checkpoint_blocks(student.image) == (5 if tower is BlockTower else 1)  # every layer of the 2 stages
     sim = Similarity("lowrank", N, rank=2, alpha=1.0, generator=torch.Generator().manual_seed(1))
     sim.params["sim_right"] = 0.3 * torch.randn(N, 2)  # away from the all-zero init: every factor matters
@@ -50,7 +70,8 @@ def make_problem(steps, dtype=torch.float32, blend=False, tower=TinyTower, check
     gen = torch.Generator().manual_seed(2)
     batches = [torch.randperm(N, generator=gen)[:3] for _ in range(steps)]
     seeds = torch.randint(2 ** 31, (steps,), generator=gen)
-    inner = InnerLoop(student, get_loss("wbce"), sim, batches, seeds, blend=blend, precision=precision)
+    inner = InnerLoop(student, get_loss("wbce"), sim, batches, seeds, blend=blend, precision=precision,
+                      segments=segments)
     start = student.flatten()
     target = {t: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=dtype) for t, v in start.items()}
     return inner, syn, start, target
@@ -89,7 +110,7 @@ def test_offloaded_steps_give_the_same_gradients(offload):
         assert torch.equal(offloaded[name], g), name
 
 
-@pytest.mark.parametrize("tower", [TinyTower, BlockTower])
+@pytest.mark.parametrize("tower", [TinyTower, BlockTower, ChainTower])
 def test_checkpointed_activations_give_the_same_meta_gradient(tower):
     for mode in ("exact", "tesla", "unroll"):
         _, plain = run(mode, 4, 0.5, False, tower=tower)

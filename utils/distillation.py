@@ -15,6 +15,7 @@ from tqdm import tqdm
 from data.distilled import (DistilledSet, load_distilled, nearest_captions, random_pairs, real_pairs,
                             save_distilled)
 from networks.checkpointing import checkpoint_blocks
+from networks.forward_mode import build_chain, chain_matches
 from utils.config import save_config
 from utils.context import trainable_mode
 from utils.evaluation import mean_std, student_curves
@@ -164,8 +165,15 @@ class Distiller:
         self.out_dir = Path(self.dcfg["out_dir"])
         offload = self.dcfg.get("offload", "auto")
         self.offload = ("host" if device.type == "cuda" else "disk") if offload == "auto" else offload
+        self.segments = None
         if self.dcfg.get("checkpoint_activations"):
             checkpoint_blocks(student.image)
+            chain = build_chain(student.image, student.flat["image"])
+            if chain and chain_matches(student.image, chain, dset.images[:2].to(device)):
+                self.segments = chain
+            else:
+                log("distill.checkpoint_activations: this image tower is not a plain chain of blocks (or has active "
+                    "dropout); its rebuilt steps run unsegmented")
         self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"],
                                self.dcfg["minibatches"])
         self._learnables()
@@ -209,7 +217,7 @@ class Distiller:
                                           d["expert_epochs"], self.device)
         steps = d["syn_steps"]
         inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, self.sampler.batches(steps),
-                          self.sampler.integer(2 ** 62, steps), d["blend"], d.get("precision", "fp32"))
+                          self.sampler.integer(2 ** 62, steps), d["blend"], d.get("precision", "fp32"), self.segments)
         loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn, steps,
                                                   d["merge_branches"], self.offload, self.out_dir / SCRATCH)
         grads = {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
+from networks.forward_mode import normalized_jvp, segmented_jvp
+
 MODES = ("unroll", "tesla", "exact")
 OFFLOADS = ("none", "host", "disk")
 
@@ -165,10 +167,11 @@ class InnerLoop:
     similarity block as targets, under its own random seed `seeds[i]` (dropout, blending), so a step
     rebuilt in the backward pass is the very step of the forward pass."""
 
-    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False, precision="fp32"):
+    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False, precision="fp32", segments=None):
         self.student, self.loss_fn, self.similarity = student, loss_fn, similarity
         self.batches, self.seeds, self.blend = batches, [int(s) for s in seeds], blend
-        self.bf16 = precision == "bf16"  # the towers under bf16 autocast; θ, λ, the set and the loss stay fp32
+        self.bf16 = precision == "bf16"  # the image tower under bf16 autocast; θ, λ, the set and the loss stay fp32
+        self.segments = segments  # networks.forward_mode.build_chain: the image tower's jvp segment by segment
 
     def __call__(self, i, thetas, syn):
         with self._step_rng(i, syn):
@@ -182,10 +185,17 @@ class InnerLoop:
         reverse-over-forward of LayerNorm is wrong). None with blending (it mixes the features non-linearly)."""
         if self.blend:
             return None
-        with self._step_rng(i, syn), forward_ad.dual_level():
-            dual = self._images(i, forward_ad.make_dual(thetas["image"], adjoint["image"]), syn)
-            images, tangent = forward_ad.unpack_dual(dual)
-            loss = self._loss(i, images, thetas, syn)
+        if self.segments is not None and not self.bf16:  # checkpointed: one segment's graph at a time
+            with self._step_rng(i, syn):
+                images, tangent = normalized_jvp(*segmented_jvp(
+                    self.segments, self.student.flat["image"], thetas["image"], adjoint["image"],
+                    syn["images"][self.batches[i]]))
+                loss = self._loss(i, images, thetas, syn)
+        else:
+            with self._step_rng(i, syn), forward_ad.dual_level():
+                dual = self._images(i, forward_ad.make_dual(thetas["image"], adjoint["image"]), syn)
+                images, tangent = forward_ad.unpack_dual(dual)
+                loss = self._loss(i, images, thetas, syn)
         grad_images, grad_text = torch.autograd.grad(loss, [images, thetas["text"]], create_graph=True)
         return {"image": (grad_images * tangent).sum(), "text": (grad_text * adjoint["text"]).sum()}
 

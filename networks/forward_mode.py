@@ -1,0 +1,91 @@
+"""The image tower's directional derivative along θ, in segments that keep only their inputs (a checkpoint that
+forward mode can use: torch's own cannot hold forward-mode tangents). Used by `distill.checkpoint_activations`.
+
+`segmented_jvp(chain, flat, theta, tangent, images)` gives the tower's output u and its derivative u̇ = (∂u/∂θ)·θ̇,
+both as ordinary tensors in the autograd graph of θ and the images. Each segment (a top-level child of the backbone,
+each block of its `blocks`/`stages`, the projection head) is one autograd Function: its forward runs
+`torch.func.jvp` without a graph and saves only its inputs; its backward recomputes that segment with a graph and
+pulls the gradients of (u, u̇) through it. Peak memory: one segment's graph instead of the whole tower's. A chain
+with active dropout is not used (forward mode would draw other masks than the plain step).
+"""
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from networks.checkpointing import plain_blocks
+
+
+def build_chain(tower, flat):
+    """[(module, its parameter prefix in the tower's flat layout)]: the backbone's top-level children with its
+    `blocks`/`stages` opened into single blocks, then the projection head. None when some trainable parameter lies
+    outside the chain, or dropout is active in it (forward mode would draw other masks than the plain step)."""
+    backbone = getattr(tower, "backbone", tower)
+    chain = []
+    for name, child in backbone.named_children():
+        if name in ("blocks", "stages") and isinstance(child, nn.Sequential):
+            chain += [b for stage in child for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
+        else:
+            chain.append(child)
+    if backbone is not tower and getattr(tower, "head", None) is not None:  # ImageTower's projection head
+        chain.append(tower.head)
+    names = {id(m): n for n, m in tower.named_modules()}
+    prefixed = [(m, names[id(m)] + ".") for m in chain]
+    covered = all(any(n.startswith(p) for _, p in prefixed) for n in flat.names)
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for c in chain for m in c.modules())
+    return prefixed if covered and not dropout else None
+
+
+@torch.no_grad()
+def chain_matches(tower, chain, images):
+    """Does running the chain in order give the tower's output on `images` (with its own parameters)?"""
+    expected, out = tower(images), images
+    for module, _ in chain:
+        out = module(out)
+    return out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def segmented_jvp(chain, flat, theta, tangent, images):
+    """(u, u̇) of the tower at its flat parameters `theta` along `tangent` (`flat`: its FlatTower), segment by
+    segment."""
+    params, tangents = flat.unflatten(theta), flat.unflatten(tangent)
+    x, x_dot = images, torch.zeros_like(images)
+    for module, prefix in chain:
+        names = [n for n in flat.names if n.startswith(prefix)]
+        x, x_dot = _Segment.apply(module, [n[len(prefix):] for n in names], len(names), x, x_dot,
+                                  *[params[n] for n in names], *[tangents[n] for n in names])
+    return x, x_dot
+
+
+def normalized_jvp(u, u_dot, eps=1e-12):
+    """(u/‖u‖, its derivative (u̇ − n (n·u̇))/‖u‖), row by row, as F.normalize does it."""
+    norm = u.norm(dim=-1, keepdim=True).clamp_min(eps)
+    n = u / norm
+    return n, (u_dot - n * (n * u_dot).sum(dim=-1, keepdim=True)) / norm
+
+
+class _Segment(torch.autograd.Function):
+    """One segment: forward = jvp without a graph, saving its inputs; backward = the same jvp recomputed with one."""
+
+    @staticmethod
+    def forward(ctx, module, names, count, x, x_dot, *params_and_tangents):
+        ctx.module, ctx.names, ctx.count = module, names, count
+        ctx.save_for_backward(x, x_dot, *params_and_tangents)
+        with torch.no_grad():
+            return _jvp(module, names, x, x_dot, params_and_tangents[:count], params_and_tangents[count:])
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_y_dot):
+        x, x_dot, *rest = ctx.saved_tensors
+        params, tangents = rest[:ctx.count], rest[ctx.count:]
+        inputs = [t.detach().requires_grad_(True) for t in (x, x_dot, *params)]
+        with torch.enable_grad():
+            y, y_dot = _jvp(ctx.module, ctx.names, inputs[0], inputs[1], inputs[2:], tangents)
+            grads = torch.autograd.grad([y, y_dot], inputs, [grad_y, grad_y_dot], allow_unused=True)
+        return (None, None, None, *grads, *([None] * len(tangents)))
+
+
+def _jvp(module, names, x, x_dot, params, tangents):
+    def run(x, *params):
+        return functional_call(module, dict(zip(names, params)), (x,))
+    with plain_blocks():  # this is the checkpoint: blocks inside run as they are
+        return jvp(run, (x, *params), (x_dot, *tangents))
