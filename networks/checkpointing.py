@@ -30,21 +30,29 @@ def checkpoint_blocks(tower):
     return len(blocks)
 
 
+BLOCK_SEQUENCES = ("blocks", "stages")  # where timm's backbones keep their blocks
+
+
+def open_blocks(sequence):
+    """The blocks of a `blocks`/`stages` sequence, its nested stages opened one level."""
+    return [block for stage in sequence for block in (stage if isinstance(stage, nn.Sequential) else [stage])]
+
+
 def _blocks(tower):
     module = getattr(tower, "backbone", tower)
-    for name in ("blocks", "stages"):
+    for name in BLOCK_SEQUENCES:
         sequence = getattr(module, name, None)
         if isinstance(sequence, nn.Sequential):
-            return [block for stage in sequence
-                    for block in (stage if isinstance(stage, nn.Sequential) else [stage])]
+            return open_blocks(sequence)
     return [module]
 
 
 def _checkpointed_forward(block, own_forward, x):
+    if getattr(_recomputing, "active", False) or not torch.is_grad_enabled():
+        return own_forward(x)
     names, params = zip(*block.named_parameters()) if any(True for _ in block.parameters()) else ((), ())
-    forward_mode = any(forward_ad.unpack_dual(t).tangent is not None for t in (x, *params))
-    if getattr(_recomputing, "active", False) or not torch.is_grad_enabled() or forward_mode:
-        return own_forward(x)  # (torch's checkpoint cannot hold forward-mode tangents)
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in (x, *params)):
+        return own_forward(x)  # torch's checkpoint cannot hold forward-mode tangents
     return checkpoint(_run, block, names, x, *params, use_reentrant=False)
 
 

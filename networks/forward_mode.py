@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from networks.checkpointing import plain_blocks
+from networks.checkpointing import BLOCK_SEQUENCES, open_blocks, plain_blocks
 
 
 def build_chain(tower, flat):
@@ -22,8 +22,8 @@ def build_chain(tower, flat):
     backbone = getattr(tower, "backbone", tower)
     chain = []
     for name, child in backbone.named_children():
-        if name in ("blocks", "stages") and isinstance(child, nn.Sequential):
-            chain += [b for stage in child for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
+        if name in BLOCK_SEQUENCES and isinstance(child, nn.Sequential):
+            chain += open_blocks(child)
         else:
             chain.append(child)
     if backbone is not tower and getattr(tower, "head", None) is not None:  # ImageTower's projection head
