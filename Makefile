@@ -28,7 +28,13 @@ demo: venv data
 	$(PY) evaluate.py --config configs/tuxpaint/lors.yaml --out runs/tuxpaint/demo_results.json \
 	  --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_50.safetensors
 
-test: venv data
+# the optional extras are installed for the tests that read TensorBoard logs and load exports with `datasets`
+EXTRAS := $(VENV)/.extras
+$(EXTRAS): requirements-extras.txt | $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-extras.txt
+	touch $@
+
+test: venv data $(EXTRAS)
 	$(PY) -m pytest -q tests
 
 clean-runs:
