@@ -2,7 +2,8 @@
 # The Tux Paint benchmark (README, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
 # MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads) at each budget of BUDGETS (default "10 50"),
 # STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
-# kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget.
+# kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget (OUT/report.md) and a plot of
+# recall against budget (OUT/report.png).
 # Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid); each control is
 # also trained at the learned lrs of its distilled set.
 # Every result is its own JSON in OUT and is kept when the script is rerun, so an interrupted run resumes, and
@@ -67,4 +68,4 @@ print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
     evaluate "${method}-start-learned-lr_$budget.json" $config --distilled "$start" --evaluate.lr_grid "$learned"
   done
 done
-$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"
+$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"

@@ -2,8 +2,10 @@
 import json
 
 import pytest
+from matplotlib.colors import to_rgba
+from PIL import Image
 
-from utils.report import main, parse_published
+from utils.report import main, parse_published, plot, read_results
 
 METRICS = ("ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10")
 # per protocol: (added to an entry's level, std), so each protocol shows different numbers
@@ -146,3 +148,107 @@ def test_a_dataset_with_full_data_only_gets_its_own_table(flickr, tmp_path):
                            heading(100, "val-selected")]
     assert found[list(found)[0]][2].startswith("| full data (5000 pairs), 1 student | 31.0 ± 0.2 |")
     assert found[list(found)[0]][3].startswith("| *published* full data (last epoch) | 14.6 |")
+
+
+# --plot: mean recall (val-selected unless said) against budget
+
+
+def flickr_curve(tmp_path):
+    """random at 100 and 200, herding at 200 only, lors (exact) at 100 with its starting point, full data."""
+    lors, start = entry("lors · exact (99 pairs)", "lors", 100, 30), entry("lors at iteration 0", "lors", 100, 0)
+    lors["metagrad"], start["metagrad"] = "exact", "iteration 0"
+    return [write(tmp_path / "random.json", "flickr30k", entry("random (100 pairs)", "random", 100, 10),
+                  entry("random (200 pairs)", "random", 200, 12)),
+            write(tmp_path / "herding.json", "flickr30k", entry("herding (200 pairs)", "herding", 200, 20)),
+            write(tmp_path / "lors.json", "flickr30k", lors, start),
+            write(tmp_path / "full.json", "flickr30k", entry("full data (1000 pairs)", "full data", None, 50, 1))]
+
+
+def drawn(ax):
+    """{label: artist} of one panel: error-bar containers, published markers and full-data lines."""
+    return {a.get_label(): a for a in [*ax.containers, *ax.lines] if not a.get_label().startswith("_")}
+
+
+def bar_extents(container):
+    """low, high of the first error bar, low, high of the second, …"""
+    return [y for (_, low), (_, high) in container.lines[2][0].get_segments() for y in (low, high)]
+
+
+def test_plot_draws_lines_error_bars_full_data_and_published_markers(tmp_path):
+    png = tmp_path / "plots" / "report.png"
+    fig = plot(read_results(flickr_curve(tmp_path)), ("val-selected",), png)
+    [ax] = fig.axes
+    artists = drawn(ax)
+    assert set(artists) == {"random", "herding", "lors · exact", "random, published (last epoch)",
+                            "lors, published (test-selected)", "full data (1000 pairs)",
+                            "full data, published (last epoch)"}  # no line for the starting point
+    random = artists["random"]
+    assert list(random.lines[0].get_xdata()) == [100, 200]
+    assert list(random.lines[0].get_ydata()) == [13.5, 15.5]  # level + 1 (val-selected) + 2.5
+    assert bar_extents(random) == pytest.approx([13.3, 13.7, 15.3, 15.7])  # ± std 0.2
+    herding = artists["herding"].lines[0]  # a single budget is still drawn: one point
+    assert (list(herding.get_xdata()), list(herding.get_ydata())) == ([200], [23.5])
+    assert list(artists["lors · exact"].lines[0].get_ydata()) == [33.5]
+    # published: hollow markers in the method's colour, at the budgets measured (lors has 200 too, not drawn)
+    for label, method, xs, ys in (("random, published (last epoch)", "random", [100, 200], [28.8 / 6, 39.1 / 6]),
+                                  ("lors, published (test-selected)", "lors · exact", [100], [164.3 / 6])):
+        marks = artists[label]
+        assert list(marks.get_xdata()) == xs and list(marks.get_ydata()) == pytest.approx(ys)
+        assert marks.get_linestyle() == "None" and marks.get_markerfacecolor() == "none"
+        assert to_rgba(marks.get_markeredgecolor()) == to_rgba(artists[method].lines[0].get_color())
+    full = artists["full data (1000 pairs)"]
+    assert list(full.get_ydata()) == [53.5, 53.5] and full.get_linestyle() == "-"
+    [band] = ax.patches
+    assert (band.get_bbox().y0, band.get_bbox().y1) == pytest.approx((53.3, 53.7))
+    published_full = artists["full data, published (last epoch)"]
+    assert published_full.get_ydata()[0] == pytest.approx(320.2 / 6) and published_full.get_linestyle() == ":"
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [100, 200]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "200"]
+    assert ax.get_xlabel() == "budget (pairs in the distilled set)"
+    assert ax.get_ylabel() == "mean recall (TR/IR@1/5/10)"
+    assert ax.get_title() == "flickr30k, val-selected"
+    assert fig._suptitle.get_text().startswith("flickr30k: test recall against budget")
+    with Image.open(png) as image:
+        assert (image.format, image.size) == ("PNG", (750, 500))
+    assert [p.name for p in png.parent.iterdir()] == ["report.png"]  # no temporary file left behind
+
+
+def test_plot_of_all_protocols_from_the_command_line(tmp_path):
+    png = tmp_path / "report.png"
+    main([*flickr_curve(tmp_path), "--protocol", "all", "--plot", str(png)])
+    with Image.open(png) as image:
+        assert (image.format, image.size) == ("PNG", (1750, 500))  # three panels side by side
+    fig = plot(read_results(flickr_curve(tmp_path)), ("last epoch", "val-selected", "as published"), png)
+    assert [ax.get_title() for ax in fig.axes] == ["flickr30k, last epoch", "flickr30k, val-selected",
+                                                   "flickr30k, as published"]
+    random = [drawn(ax)["random"] for ax in fig.axes]
+    assert [list(c.lines[0].get_ydata()) for c in random] == [[12.5, 14.5], [13.5, 15.5], [14.5, 16.5]]
+    assert [bar_extents(c)[:2] for c in random] == [pytest.approx(b) for b in ([12.4, 12.6], [13.3, 13.7],
+                                                                              [14.2, 14.8])]
+    assert len({c.lines[0].get_color() for c in random}) == 1  # a method keeps its colour in every panel
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["random", "herding", "lors · exact", "random, published (last epoch)",
+                      "lors, published (test-selected)", "full data (1000 pairs)", "full data, published (last epoch)"]
+
+
+def test_plot_without_published_numbers_or_full_data(tmp_path):
+    path = write(tmp_path / "tux.json", "tuxpaint", entry("k-center (10 pairs)", "k-center", 10, 30),
+                 entry("k-center (50 pairs)", "k-center", 50, 40))
+    [ax] = plot(read_results([path]), ("last epoch",), tmp_path / "tux.png").axes
+    assert list(drawn(ax)) == ["k-center"] and not ax.patches
+    assert list(drawn(ax)["k-center"].lines[0].get_ydata()) == [32.5, 42.5]
+
+
+def test_plot_refusals(tmp_path, flickr):
+    full = write(tmp_path / "only_full.json", "flickr30k", entry("full data (1000 pairs)", "full data", None, 50, 1))
+    with pytest.raises(ValueError, match="--plot: none of the results has a budget"):
+        main([full, "--plot", str(tmp_path / "p.png")])
+    with pytest.raises(ValueError, match=r"--plot .*report.pdf: the picture is a PNG"):
+        main([*flickr, "--plot", str(tmp_path / "report.pdf")])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"--plot .*a_file/p.png: cannot write the picture there"):
+        main([*flickr, "--plot", str(tmp_path / "a_file" / "p.png")])
+    again = write(tmp_path / "again.json", "flickr30k", entry("random (100 pairs), lr 0.1", "random", 100, 11))
+    with pytest.raises(ValueError, match=r"two results for random at budget 100 on flickr30k .*pass only one"):
+        main([*flickr, again, "--plot", str(tmp_path / "p.png")])
+    assert not (tmp_path / "p.png").exists()

@@ -2,8 +2,11 @@
 reference numbers of METHOD §8 alongside (marked as published, with the protocol they were reported under).
 
     python -m utils.report runs/tuxpaint/bench/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
+        [--plot report.png]
 
-Full-data rows (no budget) appear in every table of their dataset.
+Full-data rows (no budget) appear in every table of their dataset. --plot draws mean recall (± std) against budget,
+one line per method, one panel per dataset and protocol, full data as horizontal lines and the published numbers as
+hollow markers; a distillation's starting points (controls) are left to the tables.
 """
 import argparse
 import json
@@ -13,6 +16,7 @@ from utils.cli import run
 from utils.evaluation import PROTOCOLS
 from utils.io import atomic_write_text
 from utils.metrics import format_table
+from utils.visuals import save_budget_plot
 
 # METHOD §8: NFNet-l0 + BERT, "IR@1/5/10 · TR@1/5/10" per (dataset, budget); budget None = full data
 PUBLISHED = {
@@ -37,6 +41,7 @@ PUBLISHED = {
 PUBLISHED_PROTOCOL = {"random": "last epoch", "mtt-vl": "last epoch", "lors": "test-selected",
                       "repblend": "test-selected", "full data": "last epoch"}
 METHOD_ORDER = ("random", "herding", "k-center", "forgetting", "mtt-vl", "tesla-vl", "lors", "repblend", "edge")
+CONTROL = "iteration 0"  # evaluate.describe's metagrad for a distillation's starting point
 
 
 def parse_published(text):
@@ -91,17 +96,73 @@ def tables(entries, protocols):
     return "\n".join(out)
 
 
+def _line(entry):
+    return f"{entry['method']} · {entry['metagrad']}" if entry.get("metagrad") else entry["method"]
+
+
+def plot(entries, protocols, path):
+    """Draw the PNG (visuals.save_budget_plot) and return its Figure. Controls stay out: each budget has two per
+    method (lr chosen on val, and the learned lrs), which one line per method cannot show."""
+    sized = sorted((e for e in entries if e["budget"] is not None and e.get("metagrad") != CONTROL), key=_order)
+    if not sized:
+        raise ValueError("--plot: none of the results has a budget (full data and a distillation's starting point are "
+                         "not plotted against one); add evaluate.py files of distilled sets or coresets")
+    seen = {}
+    for e in sized:
+        key = (e["dataset"], _line(e), e["budget"])
+        if key in seen:
+            raise ValueError(f"--plot: two results for {key[1]} at budget {key[2]} on {key[0]} ({seen[key]['model']} "
+                             f"of {seen[key]['source']}, and {e['model']} of {e['source']}); pass only one of them")
+        seen[key] = e
+    panels, datasets = [], sorted({e["dataset"] for e in sized})
+    for dataset in datasets:
+        full = sorted((e for e in entries if e["dataset"] == dataset and e["budget"] is None), key=_order)
+        published_full = PUBLISHED.get((dataset, None), {}).get("full data") if full else None
+        for protocol in protocols:
+            rows = [e for e in sized if e["dataset"] == dataset and protocol in e["protocols"]]
+            lines = []
+            for label in dict.fromkeys(map(_line, rows)):  # in METHOD_ORDER
+                mine = sorted((e for e in rows if _line(e) == label), key=lambda e: e["budget"])
+                means, stds = zip(*(e["protocols"][protocol]["mean"] for e in mine))
+                lines.append((label, [e["budget"] for e in mine], list(means), list(stds)))
+            published = []
+            for method in dict.fromkeys(e["method"] for e in rows):  # markers in the colour of its first line
+                budgets = sorted({e["budget"] for e in rows if e["method"] == method})
+                texts = [(b, PUBLISHED[dataset, b][method]) for b in budgets
+                         if method in PUBLISHED.get((dataset, b), {})]
+                if texts:
+                    published.append((f"{method}, published ({PUBLISHED_PROTOCOL[method]})",
+                                      next(_line(e) for e in rows if e["method"] == method),
+                                      [b for b, _ in texts], [parse_published(t)["mean"] for _, t in texts]))
+            lines_full = [(e["model"], *e["protocols"][protocol]["mean"]) for e in full if protocol in e["protocols"]]
+            if published_full:
+                lines_full.append((f"full data, published ({PUBLISHED_PROTOCOL['full data']})",
+                                   parse_published(published_full)["mean"], None))
+            panels.append((f"{dataset}, {protocol}", lines, published, lines_full))
+    try:
+        return save_budget_plot(path, panels, len(protocols),
+                                f"{', '.join(datasets)}: test recall against budget, mean ± std over students")
+    except OSError as err:
+        raise OSError(f"--plot {path}: cannot write the picture there ({err}); choose another path") from err
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="JSON files written by evaluate.py")
     parser.add_argument("--protocol", default="val-selected", choices=(*PROTOCOLS, "all"))
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    parser.add_argument("--plot", type=Path, help="also draw mean recall against budget into this PNG")
     args = parser.parse_args(argv)
+    if args.plot and args.plot.suffix.lower() != ".png":
+        raise ValueError(f"--plot {args.plot}: the picture is a PNG; give a path that ends in .png")
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
-    text = tables(read_results(args.results), protocols)
+    entries = read_results(args.results)
+    text = tables(entries, protocols)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
+    if args.plot:
+        plot(entries, protocols, args.plot)
     return text
 
 

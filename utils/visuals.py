@@ -1,6 +1,8 @@
-"""Pictures of a distilled set, to look at rather than to compute with: the synthetic images with their
-captions as one grid, and the learned image–text similarity matrix as a heat map. Both are PNGs written
-atomically, so a crash never leaves a half-drawn file where a finished one is expected."""
+"""Pictures to look at rather than to compute with: a distilled set's synthetic images with their captions as one
+grid, its learned image–text similarity matrix as a heat map, students' recall curves, and recall against budget.
+All are PNGs written atomically, so a crash never leaves a half-drawn file where a finished one is expected."""
+from itertools import cycle
+
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,6 +93,11 @@ def save_grid(path, images_uint8, captions, columns=10, tile=96):
         sheet.save(tmp, format="PNG")
 
 
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def save_heatmap(path, matrix, title):
     """PNG heat map of a 2-D matrix (rows = images, columns = texts), colour scale from its own min to max."""
     m = matrix.detach().cpu().double().numpy() if torch.is_tensor(matrix) else np.asarray(matrix, dtype=float)
@@ -108,8 +115,7 @@ def save_heatmap(path, matrix, title):
     ax.set_ylabel("image")
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    _save(fig, path)
 
 
 def save_curves(path, series, title):
@@ -129,5 +135,47 @@ def save_curves(path, series, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    _save(fig, path)
+
+
+def save_budget_plot(path, panels, columns, title):
+    """PNG of mean recall against budget (log x, the budgets as ticks), `panels` laid out `columns` to a row, one
+    legend on the right; returns the Figure. A panel is (title, lines, published, full):
+    lines: [(label, budgets, means, stds)]: line, markers and error bars; a label keeps its colour in every panel;
+    published: [(label, line label, budgets, means)]: hollow markers in that line's colour;
+    full: [(label, mean, std)]: horizontal line with a ± std band; std None: a dotted line (a published number)."""
+    colours = {}
+    for _, lines, _, _ in panels:
+        for label, *_ in lines:
+            colours.setdefault(label, f"C{len(colours) % 10}")
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(5 * columns + 2.5, 5 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    handles = {}  # one legend entry per label, although a line appears in several panels
+    for k, (panel_title, lines, published, full) in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        for label, budgets, means, stds in lines:
+            handles.setdefault(label, ax.errorbar(budgets, means, yerr=stds, color=colours[label], marker="o",
+                                                  capsize=3, label=label))
+        for label, line, budgets, means in published:
+            handles.setdefault(label, ax.plot(budgets, means, linestyle="none", marker="o", markersize=9,
+                                              markerfacecolor="none", markeredgecolor=colours[line], label=label)[0])
+        styles = cycle(("-", "--", "-."))  # several full-data runs (e.g. full towers, heads only) told apart
+        for label, mean, std in full:
+            handles.setdefault(label, ax.axhline(mean, color="black", linestyle=":" if std is None else next(styles),
+                                                 linewidth=1, label=label))
+            if std is not None:
+                ax.axhspan(mean - std, mean + std, color="black", alpha=0.1, linewidth=0)
+        ax.set_xscale("log")
+        budgets = sorted({b for _, bs, _, _ in lines for b in bs})
+        ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+        ax.minorticks_off()  # log minor ticks would label budgets nobody ran
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("budget (pairs in the distilled set)")
+        ax.set_ylabel("mean recall (TR/IR@1/5/10)")
+        ax.set_title(panel_title)
+        ax.grid(alpha=0.3)
+    fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=8)  # clear of the title
+    fig.suptitle(title)
+    _save(fig, path)
+    return fig
