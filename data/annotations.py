@@ -90,13 +90,13 @@ def read_split(annotations, split, image_root, dataset, max_words=30, allow_outs
         if split not in annotations:
             raise AnnotationError(f"data.annotations has no file for split '{split}'")
         path = Path(annotations[split])
-        entries = _split_entries(path, split, root, allow_outside_root)
+        entries = split_entries(path, split, root, allow_outside_root)
         for other, other_file in annotations.items():
             if other != split:
-                _refuse_shared_images(entries, _split_entries(Path(other_file), other, root, allow_outside_root))
+                _refuse_shared_images(entries, split_entries(Path(other_file), other, root, allow_outside_root))
     else:
         path = Path(annotations)
-        entries = _split_entries(path, split, root, allow_outside_root)
+        entries = split_entries(path, split, root, allow_outside_root)
     if not entries:
         raise AnnotationError(f"{path}: no images in split '{split}'")
     return _build_split(entries, split, Path(image_root), dataset, str(path), max_words)
@@ -111,7 +111,7 @@ def _read_json(path):
         raise AnnotationError(f"{path} is not valid JSON ({err}); re-download or regenerate it") from err
 
 
-def _split_entries(path, split, root, allow_outside_root):
+def split_entries(path, split, root, allow_outside_root):
     """The checked entries of `split` in the file at `path`, whichever its format."""
     content = _read_json(path)
     if isinstance(content, dict) and "images" in content:
