@@ -2,6 +2,7 @@
 
     python buffer.py --config configs/tuxpaint/buffer.yaml [--buffer.num_experts 5 ...]
     torchrun --nproc-per-node G buffer.py --config configs/flickr30k/buffer.yaml   # experts spread over G GPUs
+    python buffer.py --config … --log.tensorboard runs/tb   # live loss and recall: tensorboard --logdir runs/tb
 """
 from utils.cli import run
 from utils.config import parse_args

@@ -15,6 +15,7 @@ from utils.config import save_config
 from utils.context import RunContext
 from utils.io import remove_stale_temporaries, run_lock
 from utils.recipe import ITEMS, recipe_differences
+from utils.tensorboard import open_log, tensorboard_dir
 from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
                                 load_expert, read_metadata, save_expert)
 from utils.training import evaluate_retrieval, pair_loader, student_optimizer, train_epoch
@@ -50,6 +51,7 @@ def run_buffer(cfg, log=tqdm.write):
 
 def _train_shard(cfg, out_dir, rank, world, device, log):
     bcfg = cfg["buffer"]
+    board = tensorboard_dir(cfg)  # a missing package stops every rank before any compute
     if rank > 0:
         dist.barrier()  # rank 0 checks the folder and builds the caches first
     ctx = RunContext(cfg, splits=("train", "test"), device=device, log=log)
@@ -64,7 +66,8 @@ def _train_shard(cfg, out_dir, rank, world, device, log):
             dist.barrier()
     todo = [i for i in experts_of_rank(bcfg["num_experts"], rank, world) if not expert_path(out_dir, i).is_file()]
     log(f"buffer: {bcfg['num_experts']} experts × {bcfg['epochs']} epochs in {out_dir}; "
-        f"{len(todo)} to train on {ctx.device}" + (f" (rank {rank} of {world})" if world > 1 else ""))
+        f"{len(todo)} to train on {ctx.device}" + (f" (rank {rank} of {world})" if world > 1 else "")
+        + (f"; follow them with tensorboard --logdir {board}" if board and todo else ""))
     for index in tqdm(todo, desc=f"experts (rank {rank})", disable=len(todo) < 2):
         train_expert(ctx, index, identity, layouts, out_dir, log)
     if world > 1:
@@ -147,23 +150,28 @@ def fit_expert(ctx, seed, on_epoch, log=tqdm.write, name="expert", on_batch=None
 
 
 def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
-    """Train expert `index` and write its trajectory file (atomically, at the end)."""
+    """Train expert `index` and write its trajectory file (atomically, at the end); with log.tensorboard, its loss
+    and test recall per epoch go to DIR/<buffer folder>/expert_<index> (one folder per expert, whatever the rank)."""
     bcfg = ctx.cfg["buffer"]
     seed = expert_seed(bcfg.get("seed", 0), index)
     snapshots, losses, recalls = {tower: [] for tower in layouts}, [], {}
     eval_every = bcfg.get("eval_every", 0)
+    board = open_log(ctx.cfg, f"{Path(out_dir).resolve().name}/expert_{index:03d}")
 
     def record(epoch, student, loss):
         for tower, theta in student.flatten().items():
             snapshots[tower].append(theta.cpu())
         if loss is not None:
             losses.append(loss)
+            board.scalars(epoch, {"train/loss": loss})
         if eval_every and (epoch % eval_every == 0 or epoch == bcfg["epochs"]):
             recalls[epoch] = _test_recall(ctx, student)
+            board.recall(epoch, "test", recalls[epoch])
             return f", test mean recall {recalls[epoch]['mean']:.2f}"
 
     start = time.time()
-    fit_expert(ctx, seed, record, log, name=f"expert {index}")
+    with board:
+        fit_expert(ctx, seed, record, log, name=f"expert {index}")
     metadata = {**identity, "trainable": ctx.trainable, "expert": index, "seed": seed, "train_loss": losses,
                 "test_recall": recalls, "seconds": round(time.time() - start, 1), "config": ctx.cfg}
     metadata.update({f"layout_{tower}": layout for tower, layout in layouts.items()})
