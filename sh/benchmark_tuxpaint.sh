@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Tux Paint benchmark (README, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
+# The Tux Paint benchmark (docs/tuxpaint.md, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
 # MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads) at each budget of BUDGETS (default "10 50"),
 # STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
 # kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget (OUT/report.md) and a plot of

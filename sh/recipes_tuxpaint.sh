@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Expert recipes on Tux Paint (README, "Expert recipes"): for each recipe, 3 experts × 8 epochs, the buffer
+# Expert recipes on Tux Paint (docs/tuxpaint.md, "Expert recipes"): for each recipe, 3 experts × 8 epochs, the buffer
 # diagnostic (python -m utils.trajectories), one full-data student scored on val and test after every epoch; then
 # LoRS / RepBlend distillations (budget 50, 3 students) on the two recipes the demo chose between, each beside its
 # iteration-0 control. Results in OUT (default runs/recipes); finished steps are kept when rerun. About 1 h on 2 cores.

@@ -1,5 +1,5 @@
 """Every shipped config loads, resolves its method, and offers the same distill keys as the demo config
-(so that every override documented in the README works with every config)."""
+(so that every override documented in the README and docs/ works with every config)."""
 from pathlib import Path
 
 import pytest

@@ -126,7 +126,7 @@ def test_checkpointed_activations_give_the_same_meta_gradient(tower):
 @pytest.mark.parametrize("eta", [0.1, 0.5])
 def test_bf16_meta_gradient_stays_within_five_percent_of_fp32(eta):
     """Bound: 5% relative error and cosine ≥ 0.998 per tensor. This tower's few, tiny layers round like bf16's 8-bit
-    mantissa without averaging (measured 0.3–3.4%); README "bf16" gives the figure on the demo model."""
+    mantissa without averaging (measured 0.3–3.4%); docs/benchmarks.md (bf16) gives the figure on the demo model."""
     _, fp32 = run("exact", 4, eta, False, tower=BlockTower)
     _, bf16 = run("exact", 4, eta, False, tower=BlockTower, precision="bf16")
     errors = {name: relative_error(bf16[name], g) for name, g in fp32.items()}

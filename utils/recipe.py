@@ -1,5 +1,5 @@
 """`recipe: ours | reference`: the details around the LoRS iteration where the public LoRS code and this one differ
-(README, "Where this code differs from the public implementations").
+(docs/differences.md).
 
 `reference` does them as silicx/LoRS_Distill does, to reproduce its tables; `ours` keeps this code's choices. Every
 detail is also its own key: a key left null (or absent) takes the recipe's value, so one detail can be changed alone.

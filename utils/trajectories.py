@@ -5,7 +5,7 @@ Tensors: "image" (E+1, |θ^I|) and "text" (E+1, |θ^T|), fp32 or bf16. Metadata:
 A file is only used where its identity and layouts match the current model.
 
 `python -m utils.trajectories BUFFER_DIR [--json FILE]` tells whether a buffer's segments drift (a direction that
-trajectory matching can learn) or random-walk (noise it cannot); see README "Is a buffer worth distilling?".
+trajectory matching can learn) or random-walk (noise it cannot); see docs/experts.md "Is a buffer worth distilling?".
 """
 import argparse
 import re
