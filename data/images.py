@@ -142,14 +142,17 @@ def build_transform(image_size, mean, std, train=False, randaugment=False):
 
 class SplitImages(Dataset):
     """Images of a split as (image tensor, index): one item per caption (the train view, index = caption)
-    or one per image (the eval view, index = image)."""
+    or one per image (the eval view, index = image). With `stored` (data/image_cache.py: the split's images
+    decoded and resized once) the transform runs on those instead of the files."""
 
-    def __init__(self, split, transform, per_caption):
-        self.split, self.transform = split, transform
+    def __init__(self, split, transform, per_caption, stored=None):
+        self.split, self.transform, self.stored = split, transform, stored
         self.image_of = split.caption_image if per_caption else range(len(split.image_paths))
 
     def __len__(self):
         return len(self.image_of)
 
     def __getitem__(self, index):
-        return self.transform(load_image(self.split.image_paths[self.image_of[index]])), index
+        image = self.image_of[index]
+        img = load_image(self.split.image_paths[image]) if self.stored is None else self.stored[image]
+        return self.transform(img), index

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.image_cache import cached_images
 from data.images import SplitImages
 from utils.losses import infonce
 from utils.metrics import retrieval_recall
@@ -36,13 +37,20 @@ def tower_optimizer(image_params, text_params, lr_image, lr_text, momentum=0.0, 
     return torch.optim.SGD(groups, lr=lr_image, momentum=momentum, weight_decay=weight_decay)
 
 
-def pair_loader(split, transform, batch_size, seed, num_workers=0, drop_last=False):
+def split_images(split, transform, per_caption, image_cache=None, num_workers=0):
+    """SplitImages of `split`; with `image_cache` (a cache folder: data.image_cache) the images are read decoded from
+    the cache there, built first if missing or stale (data/image_cache.py says what is exact and what is not)."""
+    stored = cached_images(split, transform, image_cache, num_workers) if image_cache else None
+    return SplitImages(split, transform, per_caption, stored)
+
+
+def pair_loader(split, transform, batch_size, seed, num_workers=0, drop_last=False, image_cache=None):
     """Shuffled train view (one item per caption), in an order fixed by `seed`; `drop_last`: without the short
-    last batch."""
+    last batch; `image_cache`: as split_images."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(SplitImages(split, transform, per_caption=True), batch_size=batch_size, shuffle=True,
-                      generator=generator, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last)
+    return DataLoader(split_images(split, transform, True, image_cache, num_workers), batch_size=batch_size,
+                      shuffle=True, generator=generator, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=drop_last)
 
 
 def train_epoch(student, loader, text_source, optimizer, device, desc="train", on_batch=None):
@@ -89,19 +97,22 @@ def sampled_text_source(samples, device, seed):
 
 
 @torch.no_grad()
-def encode_split(student, split, text_features, transform, device, batch_size=256, num_workers=0):
-    """(image embeddings, one per image; caption embeddings, one per caption) of `split`, normalised."""
+def encode_split(student, split, text_features, transform, device, batch_size=256, num_workers=0, image_cache=None):
+    """(image embeddings, one per image; caption embeddings, one per caption) of `split`, normalised;
+    `image_cache`: as split_images."""
     student.eval()
     # its own generator: a DataLoader without one draws from the global RNG, so scoring a student
     # mid-training would change the dropout and augmentation of the rest of its training
-    loader = DataLoader(SplitImages(split, transform, per_caption=False), batch_size=batch_size,
+    loader = DataLoader(split_images(split, transform, False, image_cache, num_workers), batch_size=batch_size,
                         num_workers=num_workers, generator=torch.Generator())
     images = torch.cat([student.encode_image(x.to(device)) for x, _ in loader])
     texts = torch.cat([student.encode_text(chunk.to(device)) for chunk in text_features.split(batch_size)])
     return images, texts
 
 
-def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0):
-    """TR/IR recall of `student` on `split`, with all of its captions."""
-    images, texts = encode_split(student, split, text_features, transform, device, batch_size, num_workers)
+def evaluate_retrieval(student, split, text_features, transform, device, batch_size=256, num_workers=0,
+                       image_cache=None):
+    """TR/IR recall of `student` on `split`, with all of its captions; `image_cache`: as split_images."""
+    images, texts = encode_split(student, split, text_features, transform, device, batch_size, num_workers,
+                                 image_cache)
     return retrieval_recall(images @ texts.t(), split.caption_image)
