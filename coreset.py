@@ -38,7 +38,8 @@ def _flags(parser):
 def joint_embeddings(ctx, student):
     """One row per training pair (caption): its image's and its caption's normalised embeddings, side by side."""
     train = ctx.splits["train"]
-    images, texts = encode_split(student, train, ctx.features["train"], ctx.test_transform, ctx.device)
+    images, texts = encode_split(student, train, ctx.features["train"], ctx.test_transform, ctx.device,
+                                 image_cache=ctx.image_cache)
     return torch.cat([images[torch.as_tensor(train.caption_image)], texts], dim=1).cpu() / math.sqrt(2)
 
 

@@ -161,3 +161,18 @@ def test_train_view_of_images_not_shrunk_is_exactly_the_uncached_one(tux_slice, 
     torch.manual_seed(0)
     b = [SplitImages(split, transform, per_caption=True)[i][0] for i in range(12)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_buffer_with_the_cache_scores_its_untrained_expert_exactly_as_without(tiny_cfg, tmp_path):
+    """data.image_cache reaches the experts' loaders through RunContext: the cache file is built in cache_dir, and
+    epoch 0 (the pretrained student, scored on the exact eval view) has the very recall of an uncached buffer."""
+    import copy
+    from utils.experts import run_buffer
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg["buffer"].update(num_experts=1, epochs=1)
+    cfg["cache_dir"] = str(tmp_path / "cache")
+    plain = run_buffer({**cfg, "buffer": {**cfg["buffer"], "out_dir": str(tmp_path / "plain")}}, log=lambda _: None)
+    cfg["data"]["image_cache"] = True
+    cached = run_buffer({**cfg, "buffer": {**cfg["buffer"], "out_dir": str(tmp_path / "cached")}}, log=lambda _: None)
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "cache" / "images").iterdir()) == ["tuxslice", "tuxslice"]
+    assert cached[0]["test_recall"]["0"] == plain[0]["test_recall"]["0"]

@@ -30,6 +30,8 @@ class RunContext:
         self.device = device or pick_device(cfg.get("device", "auto"))
         self.trainable = trainable_mode(cfg)
         self.cache_dir = cfg.get("cache_dir", ".cache")
+        # data.image_cache: images read decoded from a uint8 cache in cache_dir (data/image_cache.py); None: from disk
+        self.image_cache = self.cache_dir if data.get("image_cache", False) else None
         self.splits = {name: load_split(data, name) for name in splits}
         self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
         self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)

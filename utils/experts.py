@@ -129,7 +129,7 @@ def expert_setup(ctx, seed):
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"], bcfg.get("momentum", 0.0))
     transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
     loader = pair_loader(ctx.splits["train"], transform, bcfg["batch_size"], seed,
-                         ctx.cfg["data"].get("num_workers", 0), ctx.recipe["buffer.drop_last"])
+                         ctx.cfg["data"].get("num_workers", 0), ctx.recipe["buffer.drop_last"], ctx.image_cache)
     return student, optimizer, loader
 
 
@@ -179,7 +179,8 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
 
 
 def _test_recall(ctx, student):
-    return evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device)
+    return evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device,
+                              image_cache=ctx.image_cache)
 
 
 def expert_students(ctx, path, epochs=None):
