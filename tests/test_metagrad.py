@@ -186,3 +186,28 @@ def test_unknown_mode_is_refused():
     inner, syn, start, target = make_problem(1)
     with pytest.raises(ValueError, match="unroll, tesla, exact"):
         meta_gradient("second-order", inner, start, target, {"image": 0.1, "text": 0.1}, syn, 1)
+
+
+def test_bf16_meta_gradient_runs_on_the_demo_tower(tiny_cfg):
+    """The real EfficientNet-Lite0 (BatchNormAct, ReLU6 in place) under bf16: forward mode under autocast failed there
+    (a convolution got a bf16 weight and an fp32 input), so bf16 steps take reverse over reverse. The meta-gradient is
+    finite, and bf16 really ran (it differs from fp32's)."""
+    from utils.context import RunContext
+    ctx = RunContext(tiny_cfg, splits=("test",), log=lambda *_: None)
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        student = ctx.new_student(0).train()
+        sim = Similarity("identity", N)
+        syn = {"images": torch.randn(N, 3, 32, 32, requires_grad=True),
+               "texts": torch.randn(N, ctx.text_encoder.hidden_size, requires_grad=True)}
+        batches = [torch.arange(3), torch.arange(3, 6)]
+        inner = InnerLoop(student, get_loss("wbce"), sim, batches, [1, 2], precision=precision)
+        start = student.flatten()
+        noise = torch.Generator().manual_seed(3)
+        target = {t: v + 0.01 * torch.randn(v.shape, generator=noise) for t, v in start.items()}
+        lrs = {t: torch.tensor(0.01, requires_grad=True) for t in start}
+        _, syn_grads, _ = meta_gradient("exact", inner, start, target, lrs, syn, 2, False, "none")
+        grads[precision] = syn_grads["images"]
+        assert torch.isfinite(syn_grads["images"]).all() and syn_grads["images"].abs().sum() > 0, precision
+    assert not torch.equal(grads["bf16"], grads["fp32"])

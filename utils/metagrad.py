@@ -146,7 +146,7 @@ class StepStore:
         if self.where == "none":
             self.items[i] = thetas
         elif self.where == "host":
-            self.items[i] = {t: v.to("cpu") for t, v in thetas.items()}
+            self.items[i] = {t: _to_host(v) for t, v in thetas.items()}
         else:
             for t, v in thetas.items():
                 v.detach().cpu().numpy().tofile(Path(self.folder.name) / f"{i}_{t}")
@@ -159,7 +159,17 @@ class StepStore:
                      for t, v in like.items()}
         else:
             items = self.items.pop(i)
-        return {t: v.to(like[t].device).detach() for t, v in items.items()}
+        return {t: v.to(like[t].device, non_blocking=True).detach() for t, v in items.items()}
+
+
+def _to_host(v):
+    """A GPU tensor copied into page-locked host memory without waiting for it (torch's caching host allocator
+    reuses those pages from step to step): the copy back in pass 2 runs on the same stream, so it is ordered after
+    this one. Elsewhere, a plain copy."""
+    if not v.is_cuda:
+        return v.to("cpu")
+    host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+    return host.copy_(v, non_blocking=True)
 
 
 class InnerLoop:
@@ -182,10 +192,12 @@ class InnerLoop:
         """{tower: g^t · λ^t} of step i with the image tower in forward mode: its tangent along λ^I is pulled back
         by one ordinary backward, where reverse over reverse would run a convolution's double backward (on a CPU,
         depthwise ones are split channel by channel). The text head, small, stays reverse over reverse (torch's
-        reverse-over-forward of LayerNorm is wrong). None with blending (it mixes the features non-linearly)."""
-        if self.blend:
+        reverse-over-forward of LayerNorm is wrong). None (reverse over reverse) with blending, which mixes the
+        features non-linearly, and with bf16: forward mode under autocast fails on timm's EfficientNet blocks
+        (a convolution gets a bf16 weight and an fp32 input; torch 2.14)."""
+        if self.blend or self.bf16:
             return None
-        if self.segments is not None and not self.bf16:  # checkpointed: one segment's graph at a time
+        if self.segments is not None:  # checkpointed: one segment's graph at a time
             with self._step_rng(i, syn):
                 images, tangent = normalized_jvp(*segmented_jvp(
                     self.segments, self.student.flat["image"], thetas["image"], adjoint["image"],
