@@ -5,20 +5,24 @@
     python evaluate.py --config configs/tuxpaint/buffer.yaml --full-data
     python evaluate.py --config configs/tuxpaint/lors.yaml --distilled SET --student-image-encoder nf_resnet50
     python evaluate.py --config configs/tuxpaint/buffer.yaml --expert runs/tuxpaint/buffer/expert_000.safetensors --epochs 0 4
+    torchrun --nproc-per-node G evaluate.py --config … --distilled …   # each set's students spread over G processes
 
 A distilled set (an artefact of distill.py / coreset.py, or a folder of PNGs + captions) gets
 `evaluate.students` fresh students; each is scored on val and test every `evaluate.checkpoint_every` epochs,
 and the test recall is reported under three protocols (utils/evaluation.py). Writes JSON (--out), a markdown
-table and a PNG of recall against student epochs beside it.
+table and a PNG of recall against student epochs beside it. Under torchrun, rank 0 gathers the curves and writes
+them (the same as one process's); --full-data and --expert train one student each, on rank 0.
 """
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from data.distilled import IDENTITY_KEYS, load_distilled, read_folder, renormalised
 from utils.cli import run
 from utils.config import parse_args
 from utils.context import RunContext
+from utils.distributed import processes, rank_zero_first, world_size
 from utils.evaluation import PROTOCOLS, needs_lr_choice, scorer, student_curves, summarise, val_chosen_lr
 from utils.experts import expert_students, fit_expert
 from utils.io import atomic_write_json, atomic_write_text, hash_strings
@@ -77,7 +81,7 @@ def evaluate_distilled(ctx, paths, cross_architecture=False, log=print):
                          lr_grid={k: round(v, 2) for k, v in scores.items()})
         else:
             curves = student_curves(ctx, dset, ecfg, log=log)
-        seconds = (time.time() - start) / len(curves)
+        seconds = (time.time() - start) * world_size() / len(curves)  # process-seconds, whatever the processes
         entries.append({**entry, "students": len(curves), **summarise(curves),
                         "seconds_per_student": round(seconds, 1), "curves": curves})
     return entries
@@ -155,13 +159,22 @@ def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags)
     if args.student_image_encoder:
         cfg["model"].update(image_encoder=args.student_image_encoder, image_weights=args.student_image_weights)
-    splits = ("test",) if args.expert else ("train", "val", "test") if args.full_data else ("val", "test")
     for path in args.distilled or [args.expert] * bool(args.expert):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found (--{'distilled' if args.distilled else 'expert'})")
-    out = writable(args.out or _default_out(cfg, args)) if not args.expert or args.out else None
-    ctx = RunContext(cfg, splits=splits)
-    test = ctx.splits["test"]
+    splits = ("test",) if args.expert else ("train", "val", "test") if args.full_data else ("val", "test")
+    with processes(cfg.get("device", "auto")) as (rank, _, device):
+        spread = bool(args.distilled)  # --expert and --full-data train one student each: rank 0's alone
+        if not spread and rank > 0:
+            return None
+        with rank_zero_first() if spread else nullcontext():  # rank 0 checks --out, builds the caches first
+            out = writable(args.out or _default_out(cfg, args)) if rank == 0 and (not args.expert or args.out) else None
+            ctx = RunContext(cfg, splits=splits, device=device)
+        return _evaluate(ctx, args, out, rank)
+
+
+def _evaluate(ctx, args, out, rank):
+    cfg, test = ctx.cfg, ctx.splits["test"]
     if args.expert:
         rows = evaluate_expert(ctx, args.expert, args.epochs)
         print(f"\n{cfg['data']['name']} test retrieval (%, {len(test.image_paths)} images)\n{format_table(rows)}")
@@ -171,7 +184,10 @@ def main(argv=None):
     if args.full_data:
         entries = evaluate_full_data(ctx)
     else:
-        entries = evaluate_distilled(ctx, args.distilled, bool(args.student_image_encoder))
+        entries = evaluate_distilled(ctx, args.distilled, bool(args.student_image_encoder),
+                                     log=print if rank == 0 else lambda _msg: None)
+        if rank > 0:
+            return entries
     if args.student_image_encoder:
         for entry in entries:
             entry.update(model=f"{entry['model']} → {args.student_image_encoder} student",

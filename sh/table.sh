@@ -4,7 +4,9 @@
 # data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (README, "Data").
 # MTT-VL and TESLA-VL use their published 100-pair settings at every budget; LoRS uses configs/<dataset>/lors_<budget>.yaml
 # (lors_1000 is our extrapolation). EDGE=1 adds EDGE (sh/edge.sh; one fine-tuning for all budgets). Finished experts,
-# distillations, fine-tuning and sampled images are kept when rerun.
+# distillations, fine-tuning and sampled images are kept when rerun. GPUS=N runs the experts, the distillations and the
+# students of each budget's evaluation on N processes (torchrun; set distill.segments_per_iteration to a multiple of N
+# in the configs, or pass it through DISTILL_ARGS, e.g. DISTILL_ARGS="--distill.segments_per_iteration 4").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=$1
@@ -13,7 +15,7 @@ OUT=${OUT:-runs/$dataset/table}
 BUDGETS=${BUDGETS:-"100 200 500 1000"}
 configs=configs/$dataset
 sh/launch.sh buffer.py "$configs/buffer.yaml"
-$PY evaluate.py --config "$configs/buffer.yaml" --full-data --out "$OUT/full_data.json"
+$PY evaluate.py --config "$configs/buffer.yaml" --full-data --out "$OUT/full_data.json"  # one student: one process
 for budget in $BUDGETS; do
   sets=()
   for method in random herding k-center forgetting; do
@@ -21,15 +23,16 @@ for budget in $BUDGETS; do
     sets+=("$OUT/${method}_$budget.safetensors")
   done
   for method in mtt-vl tesla-vl; do
-    $PY distill.py --config "$configs/${method}_100.yaml" --distill.budget "$budget" --distill.out_dir "$OUT/${method}_$budget"
+    sh/launch.sh distill.py "$configs/${method}_100.yaml" --distill.budget "$budget" --distill.out_dir "$OUT/${method}_$budget" \
+      ${DISTILL_ARGS:-}
     sets+=("$OUT/${method}_$budget/distilled.safetensors")
   done
-  $PY distill.py --config "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget"
+  sh/launch.sh distill.py "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget" ${DISTILL_ARGS:-}
   sets+=("$OUT/lors_$budget/distilled.safetensors")
   if [ "${EDGE:-0}" = 1 ]; then  # needs Stable Diffusion v1.5, CLIP and LLaVA-1.5 locally (README, "EDGE")
     OUT=$OUT/edge EVALUATE=0 sh/edge.sh "$dataset" "$budget"
     sets+=("$OUT/edge/budget_$budget/distilled.safetensors")
   fi
-  $PY evaluate.py --config "$configs/buffer.yaml" --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
+  sh/launch.sh evaluate.py "$configs/buffer.yaml" --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
 done
 $PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"

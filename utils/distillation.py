@@ -1,10 +1,14 @@
 """Trajectory-matching distillation (METHOD §4): the outer loop around `utils.metagrad`.
 
 Learned: synthetic images and text features, the similarity factors (LoRS), one student lr per tower.
-Each iteration samples an expert segment (θ_s, θ_{s+E}), runs the inner loop on synthetic minibatches
-and takes one SGD-with-momentum step on all of them. Every `checkpoint_every` iterations the state is
-written (set, momenta, sampler) so that a killed run resumes to the same result; a non-finite loss or
-gradient stops the run before anything is written.
+Each iteration samples `segments_per_iteration` (P) expert segments (θ_s, θ_{s+E}), runs the inner loop on
+synthetic minibatches for each, and takes one SGD-with-momentum step on all of them along the mean of the P
+meta-gradients. Under torchrun every rank draws the same P segments from the one seeded sampler and computes its
+share of them (P a multiple of the world size); the sums are all-reduced, so each rank takes the same step, the
+one a single process takes computing all P in turn. Rank 0 alone writes. Every `checkpoint_every` iterations the
+state is written (set, momenta, sampler) so that a killed run resumes to the same result (with any number of
+processes: the state is the same on every rank); a non-finite loss or gradient stops the run before anything is
+written.
 """
 import shutil
 from pathlib import Path
@@ -16,17 +20,17 @@ from data.distilled import (DistilledSet, load_distilled, nearest_captions, rand
                             save_distilled)
 from networks.checkpointing import checkpoint_blocks
 from networks.forward_mode import build_chain, chain_matches
-from utils.config import save_config
+from utils.config import ConfigError, save_config
 from utils.context import trainable_mode
+from utils.distributed import all_reduce_sum, barrier, rank, world_size
 from utils.evaluation import mean_std, student_curves
-from utils.experts import check_expert
-from utils.io import folder_lock, remove_stale_temporaries
+from utils.io import remove_stale_temporaries, run_lock
 from utils.losses import get_loss
 from utils.metagrad import MODES, InnerLoop, meta_gradient
 from utils.recipe import distill_recipe, loss_options
+from utils.segments import ExpertPool, Sampler
 from utils.similarity import Similarity
 from utils.training import tower_lrs
-from utils.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
 from utils.visuals import save_grid, save_heatmap, to_uint8
 
 # What each method fixes unless the config says otherwise; `reserve_pair`: S is paid for with one pair.
@@ -42,6 +46,7 @@ HEADS_ONLY = ("repblend",)  # methods defined on projection-head trajectories
 RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
                   "distill.out_dir", "distill.offload", "distill.checkpoint_activations", "device", "cache_dir",
                   "evaluate"}  # (checkpointing changes no number; distill.precision does, so it is not here)
+SEGMENTS_KEY = "segments_per_iteration"  # absent from configs and checkpoints made before it: 1
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 SCRATCH = ".offload"  # under out_dir: where `offload: disk` keeps θ_0 … θ_{K-1} during an iteration
 
@@ -63,67 +68,15 @@ def resolve_method(dcfg, trainable="full", recipe=None):
     return resolved
 
 
-class ExpertPool:
-    """The buffer's expert files, all checked up front; a segment (θ_s, θ_{s+E}) is read when needed."""
-
-    def __init__(self, buffer_dir, identity, layouts, last_epoch, trainable="full"):
-        self.files = expert_files(buffer_dir)
-        if not self.files:
-            raise TrajectoryError(f"no expert files (expert_*.safetensors) in {buffer_dir}: run buffer.py with "
-                                  f"this config first, or point buffer.out_dir at a finished buffer")
-        for path in self.files:
-            meta = read_metadata(path)
-            check_expert(meta, identity, layouts, trainable, path)
-            saved = meta["shapes"]["image"][0] - 1
-            if saved < last_epoch:
-                raise TrajectoryError(f"buffer file {path} holds epochs 0..{saved}, but distillation reads up to "
-                                      f"epoch {last_epoch} (max_start_epoch - 1 + expert_epochs); lower them or "
-                                      f"train experts for more epochs")
-
-    def segment(self, expert, start, span, device):
-        snaps = read_snapshots(self.files[expert], [start, start + span])
-        return ({t: v[0].to(device) for t, v in snaps.items()}, {t: v[1].to(device) for t, v in snaps.items()})
-
-
-class Sampler:
-    """All the randomness of the outer loop, from one generator, with a state that checkpoints:
-    experts cycle through shuffled lists; minibatches walk a permutation of the set in chunks, either one queue
-    across iterations (`queue`) or, as the public code, a fresh permutation per iteration whose chunks that do
-    not fit whole are dropped (`permutation`)."""
-
-    def __init__(self, seed, num_experts, n, batch_size, mode="queue"):
-        self.num_experts, self.n, self.batch_size, self.mode = num_experts, n, batch_size, mode
-        self.generator = torch.Generator().manual_seed(seed)
-        self.expert_queue = torch.empty(0, dtype=torch.long)
-        self.batch_queue = torch.empty(0, dtype=torch.long)
-
-    def expert(self):
-        if len(self.expert_queue) == 0:
-            self.expert_queue = torch.randperm(self.num_experts, generator=self.generator)
-        expert, self.expert_queue = int(self.expert_queue[0]), self.expert_queue[1:]
-        return expert
-
-    def integer(self, high, count=1):
-        return torch.randint(high, (count,), generator=self.generator)
-
-    def batches(self, count):
-        out = []
-        if self.mode == "permutation":
-            self.batch_queue = torch.empty(0, dtype=torch.long)
-        for _ in range(count):
-            if len(self.batch_queue) == 0 or (self.mode == "permutation" and len(self.batch_queue) < self.batch_size):
-                self.batch_queue = torch.randperm(self.n, generator=self.generator)
-            out.append(self.batch_queue[:self.batch_size])
-            self.batch_queue = self.batch_queue[self.batch_size:]
-        return out
-
-    def state(self):
-        return {"sampler_rng": self.generator.get_state(), "sampler_experts": self.expert_queue,
-                "sampler_batches": self.batch_queue}
-
-    def load_state(self, tensors):
-        self.generator.set_state(tensors["sampler_rng"])
-        self.expert_queue, self.batch_queue = tensors["sampler_experts"], tensors["sampler_batches"]
+def segments_per_rank(dcfg, world):
+    """The segments each of `world` processes computes in an iteration: P / world."""
+    per_iteration = dcfg.get(SEGMENTS_KEY, 1)
+    if per_iteration % world:
+        raise ConfigError(f"distill.{SEGMENTS_KEY} {per_iteration} is not a multiple of the {world} processes of "
+                          f"this run: every process computes the same number of segments; set it to a multiple "
+                          f"of {world} (e.g. {world * max(1, per_iteration // world)}), or run a number of "
+                          f"processes that divides {per_iteration}")
+    return per_iteration // world
 
 
 def synthetic_pairs(dcfg):
@@ -160,8 +113,13 @@ class Distiller:
     from a run's data and buffer; the constructor takes the parts (the benchmark passes synthetic ones)."""
 
     def __init__(self, cfg, student, pool, dset, device, ctx=None, log=tqdm.write):
-        self.cfg, self.dcfg = cfg, resolve_method(cfg["distill"], trainable_mode(cfg), cfg.get("recipe"))
-        self.student, self.pool, self.dset, self.device, self.ctx, self.log = student, pool, dset, device, ctx, log
+        self.cfg = {**cfg, "distill": {SEGMENTS_KEY: 1, **cfg["distill"]}}  # a checkpoint records P
+        self.dcfg = resolve_method(self.cfg["distill"], trainable_mode(cfg), cfg.get("recipe"))
+        self.rank, self.world = rank(), world_size()
+        segments_per_rank(self.dcfg, self.world)  # refuses a P the processes cannot share
+        self.per_iteration = self.dcfg[SEGMENTS_KEY]
+        self.student, self.pool, self.dset, self.device, self.ctx = student, pool, dset, device, ctx
+        self.log = log if self.rank == 0 else (lambda _msg: None)  # one rank speaks for all
         self.out_dir = Path(self.dcfg["out_dir"])
         offload = self.dcfg.get("offload", "auto")
         self.offload = ("host" if device.type == "cuda" else "disk") if offload == "auto" else offload
@@ -211,16 +169,15 @@ class Distiller:
         self.loss_fn = get_loss(d["loss"], loss_options(d))
 
     def step(self, iteration):
-        """One outer iteration; returns the matching loss (raises, changing nothing, if it is not finite)."""
+        """One outer iteration; returns the matching loss, the mean over its segments (raises, changing nothing,
+        if it is not finite)."""
         d = self.dcfg
-        start, target = self.pool.segment(self.sampler.expert(), int(self.sampler.integer(d["max_start_epoch"])),
-                                          d["expert_epochs"], self.device)
-        steps = d["syn_steps"]
-        inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, self.sampler.batches(steps),
-                          self.sampler.integer(2 ** 62, steps), d["blend"], d.get("precision", "fp32"), self.segments)
-        loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn, steps,
-                                                  d["merge_branches"], self.offload, self.out_dir / SCRATCH)
-        grads = {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
+        draws = [self.sampler.segment(d["max_start_epoch"], d["syn_steps"])
+                 for _ in range(self.per_iteration)]  # every rank draws all P: the stream stays one
+        if self.per_iteration == 1:
+            loss, grads = self._segment(*draws[0])
+        else:
+            loss, grads = self._mean(draws[self.rank::self.world])
         bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
         if not torch.isfinite(loss) or bad:
             raise FloatingPointError(
@@ -238,6 +195,30 @@ class Distiller:
                 f"distillation iteration {iteration}: the learned student lr became {negative}; nothing was written "
                 f"after the last checkpoint in {self.out_dir}. Lower distill.lr_lr (or raise distill.lr_teacher)")
         return loss.item()
+
+    def _segment(self, expert, start_epoch, batches, seeds):
+        """(matching loss, {leaf name: its meta-gradient}) of one segment."""
+        d = self.dcfg
+        start, target = self.pool.segment(expert, start_epoch, d["expert_epochs"], self.device)
+        inner = InnerLoop(self.student, self.loss_fn, self.dset.similarity, batches, seeds, d["blend"],
+                          d.get("precision", "fp32"), self.segments)
+        loss, syn_grads, lr_grads = meta_gradient(d["metagrad"], inner, start, target, self.lrs, self.syn,
+                                                  d["syn_steps"], d["merge_branches"], self.offload,
+                                                  self.out_dir / SCRATCH)
+        return loss, {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
+
+    def _mean(self, draws):
+        """The loss and meta-gradients averaged over the iteration's P segments, of which `draws` are this rank's.
+        Summed in float64 (one flat all-reduce), where a sum of a few float32 numbers is all but always exact: the
+        mean rounds to the same float32 whichever rank summed which segments, so 1 and G processes make the same
+        set (the outer loop amplifies any rounding difference)."""
+        total = 0
+        for draw in draws:
+            loss, grads = self._segment(*draw)
+            total = total + torch.cat([loss.reshape(1)] + [g.reshape(-1) for g in grads.values()]).double()
+        mean = (all_reduce_sum(total) / self.per_iteration).float()
+        parts = mean.split([1] + [g.numel() for g in grads.values()])
+        return parts[0][0], {k: part.view_as(g) for (k, g), part in zip(grads.items(), parts[1:])}
 
     # ---- state, checkpoints, pictures -------------------------------------------------------------
 
@@ -267,7 +248,9 @@ class Distiller:
         if not path.is_file():
             return 0, []
         dset, extras = load_distilled(path, self.ctx.identity(), with_extras=True)
-        changed = _differences(dset.meta["config"], self.cfg)
+        saved = dset.meta["config"]
+        saved["distill"] = {SEGMENTS_KEY: 1, **saved["distill"]}
+        changed = _differences(saved, self.cfg)
         if changed:
             raise ValueError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)} differ); "
                              f"choose another distill.out_dir, or delete that folder to start over")
@@ -293,31 +276,34 @@ class Distiller:
     # ---- the run ---------------------------------------------------------------------------------
 
     def run(self):
-        """Distil (resuming a checkpoint of the same settings) while holding out_dir's lock; returns the final set,
-        also saved."""
-        with folder_lock(self.out_dir, self.log):
+        """Distil (resuming a checkpoint of the same settings) while holding out_dir's lock (rank 0 for all ranks);
+        returns the final set, also saved."""
+        with run_lock(self.out_dir, self.log):
             return self._run()
 
     def _run(self):
         d = self.dcfg
         iteration, losses = self.resume()
-        remove_stale_temporaries(self.out_dir)
-        shutil.rmtree(self.out_dir / SCRATCH, ignore_errors=True)  # θ_i a killed run left behind
+        if self.rank == 0:
+            remove_stale_temporaries(self.out_dir)
+            shutil.rmtree(self.out_dir / SCRATCH, ignore_errors=True)  # θ_i a killed run left behind
+        barrier()  # before any rank keeps its own θ_i there
         final = self.out_dir / "distilled.safetensors"
         bar = tqdm(range(iteration, d["iterations"]), initial=iteration, total=d["iterations"],
-                   desc=f"distill {d['method']} ({d['metagrad']})")
+                   desc=f"distill {d['method']} ({d['metagrad']})", disable=self.rank > 0)
         for iteration in bar:
             losses.append(self.step(iteration))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr_image=f"{self.lrs['image'].item():.3g}",
                             lr_text=f"{self.lrs['text'].item():.3g}")
             done = iteration + 1
-            if done % d["checkpoint_every"] == 0 or done == d["iterations"]:
+            if self.rank == 0 and (done % d["checkpoint_every"] == 0 or done == d["iterations"]):
                 self.save_checkpoint(done, losses)
             if d["eval_every"] and done % d["eval_every"] == 0:
                 self.evaluate(done)
         dset = self.current_set()
-        save_distilled(final, dset, extra_meta={"iteration": len(losses), "losses": losses, "config": self.cfg})
-        self.log(f"distilled set ({len(dset)} pairs) written to {final}")
+        if self.rank == 0:
+            save_distilled(final, dset, extra_meta={"iteration": len(losses), "losses": losses, "config": self.cfg})
+            self.log(f"distilled set ({len(dset)} pairs) written to {final}")
         return dset
 
     def evaluate(self, iteration):

@@ -17,6 +17,7 @@ import torch
 from torch.func import grad_and_value, vmap
 from tqdm import tqdm
 
+from utils.distributed import gather, share
 from utils.losses import get_loss
 from utils.training import evaluate_retrieval, tower_lrs, tower_optimizer
 
@@ -120,19 +121,22 @@ def scorer(ctx, splits):
 
 
 def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
-    """One recall curve per student (seeds 0 … students-1) trained on `dset`, `evaluate.together` at a time."""
+    """One recall curve per student (seeds 0 … students-1) trained on `dset`, `evaluate.together` at a time.
+    Under torchrun the groups of students are spread over the ranks (group g on rank g mod world size), and every
+    rank returns all the curves: a student depends on its group only, so the curves are the single process's."""
     seeds = list(range(ecfg["students"]))
     size = max(1, ecfg.get("together", 1))
-    curves = []
-    for group in (seeds[i:i + size] for i in range(0, len(seeds), size)):
+    mine = {}
+    for group in share(seeds[i:i + size] for i in range(0, len(seeds), size)):
         scored = [scorer(ctx, splits) for _ in group]
         train_students(ctx, dset, ecfg, group, lambda k, epoch, student: scored[k][1](epoch, student),
                        desc="students " + ",".join(map(str, group)))
         for seed, (curve, _) in zip(group, scored):
             log(f"student {seed}: " + ", ".join(f"{s} mean recall {curve[s][-1]['mean']:.2f}" for s in splits)
                 + f" after {ecfg['epochs']} epochs")
-            curves.append(curve)
-    return curves
+            mine[seed] = curve
+    everyone = {seed: curve for part in gather(mine) for seed, curve in part.items()}
+    return [everyone[seed] for seed in seeds]
 
 
 def needs_lr_choice(dset):

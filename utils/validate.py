@@ -55,7 +55,7 @@ def per_tower(check_one):
 POSITIVE, COUNT, FRACTION = number(0, low_open=True), whole(1), number(0, 1)
 RULES = {
     "data": {"image_size": whole(8), "num_workers": whole(0), "max_words": whole(1),
-             "allow_outside_root": one_of(True, False)},
+             "allow_outside_root": one_of(True, False), "image_cache": one_of(True, False)},
     "model": {"temperature": POSITIVE, "text_dropout": FRACTION, "text_max_length": whole(1),
               "trainable": one_of("full", "heads")},
     "buffer": {"num_experts": COUNT, "epochs": COUNT, "lr_image": POSITIVE, "lr_text": POSITIVE,
@@ -76,7 +76,9 @@ RULES = {
                 "offload": one_of("auto", "none", "host", "disk"), "merge_branches": one_of(True, False),
                 "init": one_of("real", "noise"), "checkpoint_every": COUNT, "eval_every": whole(0),
                 "eval_students": COUNT, "seed": whole(0), "checkpoint_activations": one_of(True, False),
-                "precision": one_of("fp32", "bf16")},
+                "precision": one_of("fp32", "bf16"), "segments_per_iteration": COUNT},
+    "log": {"tensorboard": lambda value: (value is None or (isinstance(value, str) and value != ""),
+                                          "a folder path (or null: off)")},
 }
 
 
