@@ -8,7 +8,6 @@ METHOD §5 lists are not copied. Random draws come from a generator seeded per s
 from a checkpoint continues exactly as an uninterrupted one.
 """
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from tqdm import tqdm
 from data.annotations import load_split
 from data.images import SplitImages, build_transform
 from networks.generator import FrozenCLIP, load_generator, make_trainable
+from utils.distributed import barrier, join, leave
 from utils.io import read_tensor_file, save_tensors
 from utils.losses import diversity, infonce
-from utils.training import pick_device
 
 VAE_RANGE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))   # Normalize(mean, std) taking [0, 1] pixels to [−1, 1]
 SETTINGS = ("generator", "clip", "trainable", "lora_rank", "lr", "momentum", "batch_size", "tau",
@@ -158,17 +157,6 @@ def finetuned_generator(path):
     return gen
 
 
-def join_processes(cfg):
-    """(rank, world size, device) of this process; under torchrun, joins the process group (one GPU each)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg.get("device", "auto"))
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return rank, world, device
-
-
 def finetune(cfg, log=print):
     """Fine-tune `edge.generator` on the training pairs; checkpoints `edge.out_dir/finetune.safetensors`
     every `edge.checkpoint_every` steps and resumes from it. Returns the checkpoint's path."""
@@ -185,7 +173,7 @@ def finetune(cfg, log=print):
         if done:
             log(f"{path} is finished ({saved_step} steps); nothing to do")
             return path
-    rank, world, device = join_processes(cfg)
+    rank, world, device = join(cfg.get("device", "auto"))
     gen = load_generator(ecfg["generator"]).to(device)
     trainable = make_trainable(gen.unet, ecfg["trainable"], ecfg["lora_rank"])
     clip = FrozenCLIP(ecfg["clip"]).to(device)
@@ -225,9 +213,8 @@ def finetune(cfg, log=print):
         if rank == 0 and (step % ecfg["checkpoint_every"] == 0 or step == len(schedule)):
             save_finetune(path, trainable, optimizer, settings, step, done=step == len(schedule))
     bar.close()
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    barrier()
+    leave()
     if rank == 0:
         log(f"EDGE fine-tuning done ({step} steps): {path}")
     return path

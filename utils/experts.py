@@ -3,16 +3,15 @@
 Resumable: finished experts are kept, an interrupted one (a temporary file, never a final one) is redone.
 Under `torchrun --nproc-per-node G`, expert i is trained by rank i mod G.
 """
-import os
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from utils.config import save_config
 from utils.context import RunContext
+from utils.distributed import processes
 from utils.io import remove_stale_temporaries, run_lock
 from utils.recipe import ITEMS, recipe_differences
 from utils.tensorboard import open_log, tensorboard_dir
@@ -32,21 +31,9 @@ def experts_of_rank(num_experts, rank, world_size):
 
 def run_buffer(cfg, log=tqdm.write):
     """Train the experts of this process's shard; on rank 0, return {index: metadata} of all finished experts."""
-    bcfg = cfg["buffer"]
-    out_dir = Path(bcfg["out_dir"])
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = None
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-    try:
-        with run_lock(out_dir, log):
-            return _train_shard(cfg, out_dir, rank, world, device, log)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    out_dir = Path(cfg["buffer"]["out_dir"])
+    with processes(cfg.get("device", "auto")) as (rank, world, device), run_lock(out_dir, log):
+        return _train_shard(cfg, out_dir, rank, world, device, log)
 
 
 def _train_shard(cfg, out_dir, rank, world, device, log):
