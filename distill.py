@@ -12,10 +12,12 @@ from utils.config import parse_args
 from utils.context import RunContext
 from utils.distillation import Distiller, segments_per_rank
 from utils.distributed import processes, rank_zero_first
+from utils.tensorboard import tensorboard_dir
 
 
 def main(argv=None):
     cfg, _ = parse_args(argv, description=__doc__)
+    tensorboard_dir(cfg)  # log.tensorboard without the package: stop before any compute
     splits = ("train", "val") if cfg["distill"]["eval_every"] else ("train",)
     with processes(cfg.get("device", "auto")) as (_, world, device):
         segments_per_rank(cfg["distill"], world)  # before anything is built

@@ -27,6 +27,7 @@ from utils.evaluation import PROTOCOLS, needs_lr_choice, scorer, student_curves,
 from utils.experts import expert_students, fit_expert
 from utils.io import atomic_write_json, atomic_write_text, hash_strings
 from utils.metrics import format_table
+from utils.tensorboard import log_curves, tensorboard_dir
 from utils.training import evaluate_retrieval
 from utils.visuals import save_curves
 
@@ -157,6 +158,7 @@ def writable(out):
 
 def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags)
+    tensorboard_dir(cfg)  # log.tensorboard without the package: stop before any compute
     if args.student_image_encoder:
         cfg["model"].update(image_encoder=args.student_image_encoder, image_weights=args.student_image_weights)
     for path in args.distilled or [args.expert] * bool(args.expert):
@@ -193,6 +195,7 @@ def _evaluate(ctx, args, out, rank):
             entry.update(model=f"{entry['model']} → {args.student_image_encoder} student",
                          student_image_encoder=args.student_image_encoder)
     write_results(out, ctx, entries)
+    log_curves(cfg, f"eval/{out.stem}", entries, rank)
     print("\n" + markdown(ctx, entries) + f"\nwritten: {out} (+ .md, .png)")
     return entries
 

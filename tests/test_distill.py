@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -381,3 +382,41 @@ def test_a_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx,
                                                  r"\{'image': -0\.0[0-9]+\}; nothing was written"):
         Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=4), log=_quiet).run()
     assert _snapshot(out) == before
+
+
+def test_tensorboard_logs_of_a_distillation_and_its_evaluation(base_cfg, tmp_path):
+    """log.tensorboard end to end: distill.py logs each iteration's matching loss (the losses the set records),
+    lrs and gradient norms, the grid and S heat map at each checkpoint, val recall every eval_every; evaluate.py the
+    students' curves its JSON holds. Read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import evaluate
+
+    def read(folder):
+        run = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+        run.Reload()
+        return ({t: [(e.step, e.value) for e in run.Scalars(t)] for t in run.Tags()["scalars"]},
+                {t: [e.step for e in run.Images(t)] for t in run.Tags()["images"]})
+
+    board = tmp_path / "tb"
+    cfg = distill_cfg(base_cfg, tmp_path / "run", eval_every=2, eval_students=1)
+    cfg["log"] = {"tensorboard": str(board)}
+    dset = Distiller.from_context(RunContext(cfg, splits=("train", "val"), log=_quiet), cfg, log=_quiet).run()
+    scalars, images = read(board / "run")
+    f32 = lambda x: float(np.float32(x))  # noqa: E731  (events store float32)
+    losses = load_distilled(tmp_path / "run" / "distilled.safetensors").meta["losses"]
+    assert scalars["loss/matching"] == [(i + 1, f32(v)) for i, v in enumerate(losses)]
+    assert [s for s, _ in scalars["lr/image"]] == [1, 2, 3, 4] and scalars["lr/image"][-1][1] == f32(dset.lrs["image"])
+    assert {"grad_norm/images", "grad_norm/texts", "grad_norm/lr_image", "similarity/diag_mean"} <= set(scalars)
+    assert [s for s, _ in scalars["recall_val/mean"]] == [2, 4]
+    assert images == {"checkpoint/grid": [2, 4], "checkpoint/similarity": [2, 4]}
+
+    cfg_file = tmp_path / "eval.yaml"
+    cfg_file.write_text(yaml.safe_dump({**cfg, "evaluate": {**cfg["evaluate"], "checkpoint_every": 1}}))
+    (entry,) = evaluate.main(["--config", str(cfg_file), "--distilled", str(tmp_path / "run" / "distilled.safetensors"),
+                              "--out", str(tmp_path / "scores.json")])
+    (run,) = (board / "eval" / "scores").iterdir()
+    scalars, _ = read(run)
+    curve = entry["curves"][0]
+    assert scalars["recall_test/mean"] == [(e, f32(r["mean"])) for e, r in zip(curve["epochs"], curve["test"])]
+    assert [s for s, _ in scalars["recall_val/tr@1"]] == curve["epochs"] == [0, 1, 2]

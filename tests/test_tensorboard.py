@@ -16,8 +16,10 @@ from utils.similarity import Similarity
 from utils.trajectories import expert_files, expert_path, read_metadata
 from utils.visuals import save_grid, save_heatmap
 
-# an optional extra (requirements-extras.txt), which `make test` installs
-EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
+try:  # an optional extra of the toolkit, which `make test` installs: missing, these tests fail rather than skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError as err:
+    raise ImportError(f"{err}: run `pip install -r requirements-extras.txt` (make test does)") from err
 
 f32 = lambda x: float(np.float32(x))  # noqa: E731  (event files store scalars as float32)
 

@@ -30,6 +30,7 @@ from utils.metagrad import MODES, InnerLoop, meta_gradient
 from utils.recipe import distill_recipe, loss_options
 from utils.segments import ExpertPool, Sampler
 from utils.similarity import Similarity
+from utils.tensorboard import NoLog, open_log
 from utils.training import tower_lrs
 from utils.visuals import save_grid, save_heatmap, to_uint8
 
@@ -45,7 +46,7 @@ HEADS_ONLY = ("repblend",)  # methods defined on projection-head trajectories
 # What a resumed run may change: how long, how often to save or evaluate, where things live.
 RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eval_every", "distill.eval_students",
                   "distill.out_dir", "distill.offload", "distill.checkpoint_activations", "device", "cache_dir",
-                  "evaluate"}  # (checkpointing changes no number; distill.precision does, so it is not here)
+                  "evaluate", "log"}  # (checkpointing changes no number; distill.precision does, so it is not here)
 SEGMENTS_KEY = "segments_per_iteration"  # absent from configs and checkpoints made before it: 1
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
 SCRATCH = ".offload"  # under out_dir: where `offload: disk` keeps θ_0 … θ_{K-1} during an iteration
@@ -135,6 +136,7 @@ class Distiller:
         self.sampler = Sampler(self.dcfg["seed"], len(pool.files), len(dset), self.dcfg["mini_batch_size"],
                                self.dcfg["minibatches"])
         self._learnables()
+        self.board = NoLog()  # run() opens the real one (log.tensorboard); step() alone, as in the benchmark, logs nothing
 
     @classmethod
     def from_context(cls, ctx, cfg, log=tqdm.write):
@@ -194,6 +196,7 @@ class Distiller:
             raise FloatingPointError(
                 f"distillation iteration {iteration}: the learned student lr became {negative}; nothing was written "
                 f"after the last checkpoint in {self.out_dir}. Lower distill.lr_lr (or raise distill.lr_teacher)")
+        self.board.iteration(iteration + 1, loss.item(), self.lrs, grads, self.dset.similarity, self.syn)
         return loss.item()
 
     def _segment(self, expert, start_epoch, batches, seeds):
@@ -268,17 +271,20 @@ class Distiller:
     def draw(self, dset, iteration, limit=100):
         """A grid of (up to `limit`) synthetic images with their nearest captions; the similarity heat map."""
         images = to_uint8(dset.images[:limit], dset.meta["mean"], dset.meta["std"])
-        save_grid(self.out_dir / f"grid_{iteration:05d}.png", images, dset.meta["captions"][:limit])
+        grid = self.out_dir / f"grid_{iteration:05d}.png"
+        save_grid(grid, images, dset.meta["captions"][:limit])
+        self.board.picture(iteration, "checkpoint/grid", grid)
         if dset.similarity.kind != "identity":
-            save_heatmap(self.out_dir / f"similarity_{iteration:05d}.png", dset.similarity.matrix(),
-                         f"learned similarity S, iteration {iteration}")
+            heatmap = self.out_dir / f"similarity_{iteration:05d}.png"
+            save_heatmap(heatmap, dset.similarity.matrix(), f"learned similarity S, iteration {iteration}")
+            self.board.picture(iteration, "checkpoint/similarity", heatmap)
 
     # ---- the run ---------------------------------------------------------------------------------
 
     def run(self):
         """Distil (resuming a checkpoint of the same settings) while holding out_dir's lock (rank 0 for all ranks);
         returns the final set, also saved."""
-        with run_lock(self.out_dir, self.log):
+        with run_lock(self.out_dir, self.log), open_log(self.cfg, self.out_dir.name, self.rank) as self.board:
             return self._run()
 
     def _run(self):
@@ -310,6 +316,7 @@ class Distiller:
         ecfg = {**self.cfg["evaluate"], "students": self.dcfg["eval_students"], "checkpoint_every": 0}
         curves = student_curves(self.ctx, self.current_set(), ecfg, ("val",), log=lambda _: None)
         recall = mean_std([curve["val"][-1] for curve in curves])
+        self.board.recall(iteration, "val", recall)
         self.log(f"iteration {iteration}: val mean recall {recall['mean'][0]:.2f} ± {recall['mean'][1]:.2f} "
                  f"({ecfg['students']} students)")
 
