@@ -82,11 +82,14 @@ def test_scoring_a_student_does_not_change_its_training(cfg):
         assert torch.equal(a.flatten()[tower], b.flatten()[tower])
 
 
-def test_students_trained_together_match_students_trained_one_at_a_time(cfg):
-    """Without dropout (the one random draw that differs), stacking is only a different way to compute."""
+@pytest.mark.parametrize("loss", ["infonce", "wbce"])
+def test_students_trained_together_match_students_trained_one_at_a_time(cfg, loss):
+    """Without dropout (the one random draw that differs), stacking is only a different way to compute; with the
+    LoRS loss too (wbce, under vmap)."""
     cfg = {**cfg, "model": {**cfg["model"], "text_dropout": 0.0}}
     ctx = RunContext(cfg, splits=("train",), log=_quiet)
     dset = load_distilled(_make_random(ctx, 6))
+    dset.meta["loss"] = loss
     ecfg = {**cfg["evaluate"], "batch_size": 4}  # two batches an epoch, each student in its own order
     together = train_students(ctx, dset, ecfg, [0, 1])
     for seed, student in zip([0, 1], together):

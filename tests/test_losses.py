@@ -113,6 +113,20 @@ def test_wbce_without_a_positive_gives_the_negative_term_whole_or_half():
     assert get_loss("wbce", {"no_positive": "half"})(t(Z3), targets).item() == pytest.approx(negative / 2)
 
 
+@pytest.mark.parametrize("no_positive", ["whole", "half"])
+def test_wbce_runs_under_vmap_as_students_trained_together_call_it(no_positive):
+    """evaluate.together > 1 trains students under vmap: wbce must not branch on the data. Per student (one with
+    positives, one without, one with positives only) it equals the plain call."""
+    logits = torch.randn(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = torch.stack([torch.eye(4), torch.full((4, 4), 0.25), torch.ones(4, 4)]).double()
+    loss = lambda z, s: wbce(z, s, no_positive=no_positive)  # noqa: E731
+    batched = torch.vmap(loss)(logits, targets)
+    for k in range(3):
+        assert batched[k].item() == pytest.approx(loss(logits[k], targets[k]).item(), abs=1e-12)
+    assert batched[1].item() == pytest.approx(
+        (0.5 if no_positive == "half" else 1) * wbce(logits[1], targets[1]).item(), abs=1e-12)
+
+
 def test_wbce_is_stable_for_large_logits():
     logits = t([[80.0, -80.0], [-80.0, 80.0]])
     assert wbce(logits, t([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-12)

@@ -32,11 +32,14 @@ def wbce(logits, targets, eps=0.0, no_positive="whole"):
         elementwise = -(targets * torch.log(p + eps) + (1 - targets) * torch.log(1 - p + eps))
     else:
         elementwise = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    positive = (targets > 0.5).detach()
-    if not positive.any() and no_positive == "half":
-        return 0.5 * elementwise.mean()
-    terms = [elementwise[mask].mean() for mask in (positive, ~positive) if mask.any()]
-    return sum(terms) / len(terms)
+    # masked sums, not branches on the data: students trained together (evaluate.together, under vmap) use it too
+    positive = (targets > 0.5).detach().to(elementwise.dtype)
+    counts = torch.stack([positive.sum(), (1 - positive).sum()])
+    means = torch.stack([(elementwise * positive).sum(), (elementwise * (1 - positive)).sum()]) / counts.clamp_min(1)
+    terms = (counts > 0).to(elementwise.dtype).sum()
+    if no_positive == "half":  # without a positive: ½(0 + neg)
+        terms = torch.where(counts[0] > 0, terms, torch.full_like(terms, 2.0))
+    return means.sum() / terms
 
 
 def bce(logits, targets):
