@@ -26,7 +26,7 @@ recipe D_fullbatch_lri001 $full 689 0.01 0.1 0 false 32
 recipe E_b32_momentum $full 32 0.001 0.01 0.9 false 32
 recipe F_64px_lri001 $full 32 0.01 0.1 0 false 64
 recipe H_heads configs/tuxpaint/buffer_heads.yaml 32 0.1 0.1 0 false 32
-# B with the public code's details (recipe: reference; README, "Where this code differs"), one at a time, then all
+# B with the public code's details (recipe: reference; docs/differences.md), one at a time, then all
 recipe B_dropout_m1 $full 32 0.01 0.1 0 false 32 --buffer.text_encoder_dropout true --buffer.text_feature_samples 1
 recipe B_dropout_m5 $full 32 0.01 0.1 0 false 32 --buffer.text_encoder_dropout true --buffer.text_feature_samples 5
 recipe B_clip_stats $full 32 0.01 0.1 0 false 32 --data.pixel_stats clip

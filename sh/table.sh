@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce METHOD §8's table for one dataset: sh/table.sh flickr30k|coco (or sh/table_flickr30k.sh, sh/table_coco.sh).
+# First `python -m data.prepare DATASET` checks the download (PREPARE_ARGS="--full-decode" to decode every image).
 # Experts, the four coresets, MTT-VL, TESLA-VL and LoRS at each budget of BUDGETS (default "100 200 500 1000"), full
-# data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (README, "Data").
+# data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (docs/data.md).
 # MTT-VL and TESLA-VL use their published 100-pair settings at every budget; LoRS uses configs/<dataset>/lors_<budget>.yaml
 # (lors_1000 is our extrapolation). EDGE=1 adds EDGE (sh/edge.sh; one fine-tuning for all budgets). Finished experts,
 # distillations, fine-tuning and sampled images are kept when rerun. GPUS=N runs the experts, the distillations and the
@@ -14,6 +15,7 @@ PY=${PYTHON:-python}
 OUT=${OUT:-runs/$dataset/table}
 BUDGETS=${BUDGETS:-"100 200 500 1000"}
 configs=configs/$dataset
+$PY -m data.prepare "$dataset" ${PREPARE_ARGS:-}  # the download checked before any compute (exit 1: fix it first)
 sh/launch.sh buffer.py "$configs/buffer.yaml"
 $PY evaluate.py --config "$configs/buffer.yaml" --full-data --out "$OUT/full_data.json"  # one student: one process
 for budget in $BUDGETS; do
@@ -29,7 +31,7 @@ for budget in $BUDGETS; do
   done
   sh/launch.sh distill.py "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget" ${DISTILL_ARGS:-}
   sets+=("$OUT/lors_$budget/distilled.safetensors")
-  if [ "${EDGE:-0}" = 1 ]; then  # needs Stable Diffusion v1.5, CLIP and LLaVA-1.5 locally (README, "EDGE")
+  if [ "${EDGE:-0}" = 1 ]; then  # needs Stable Diffusion v1.5, CLIP and LLaVA-1.5 locally (docs/edge.md)
     OUT=$OUT/edge EVALUATE=0 sh/edge.sh "$dataset" "$budget"
     sets+=("$OUT/edge/budget_$budget/distilled.safetensors")
   fi
