@@ -95,3 +95,37 @@ def slice_config(tux_slice, shared_cache):
         cfg.update(cache_dir=str(shared_cache), device="cpu")
         return cfg
     return build
+
+
+@pytest.fixture(scope="session")
+def distill_base(tux_slice, shared_cache, tmp_path_factory):
+    """`tiny_cfg` for the distillation tests, built once for the session, with its buffer (2 experts × 2 epochs,
+    no test scoring) trained once."""
+    from utils.config import load_config
+    from utils.experts import run_buffer
+    # load_config, not yaml.safe_load: the latter reads `weight_decay: 5e-4` as the string "5e-4"
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
+    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
+                       image_size=32)
+    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("distill_buffer") / "buffer"), num_experts=2,
+                         epochs=2, batch_size=8, eval_every=0)
+    cfg.update(cache_dir=str(shared_cache), device="cpu")
+    assert sorted(run_buffer(cfg, log=lambda _msg: None)) == [0, 1]
+    return cfg
+
+
+def distill_config(base_cfg, out_dir, **distill):
+    """configs/tuxpaint/lors.yaml with the tiny data/model/buffer of `distill_base` and a tiny distill section
+    (lr_sim 0.1: S measurably leaves the identity within a few iterations); 1-student, 2-epoch evaluation."""
+    import copy
+    from utils.config import load_config
+    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
+    for key in ("data", "model", "buffer", "cache_dir", "device", "evaluate"):
+        cfg[key] = copy.deepcopy(base_cfg[key])
+    cfg["distill"].update(budget=6, syn_steps=2, mini_batch_size=3, iterations=4, checkpoint_every=2,
+                          max_start_epoch=1, expert_epochs=1, eval_every=0, lr_sim=0.1, lr_lr=1e-5,
+                          out_dir=str(out_dir))
+    cfg["distill"].update(distill)
+    cfg["evaluate"].update(students=1, epochs=2)
+    return cfg
+

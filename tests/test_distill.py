@@ -16,12 +16,12 @@ from safetensors import safe_open
 import utils.distillation as distillation
 from data.annotations import load_split, preprocess_caption, read_split
 from data.distilled import FORMAT, DistilledSetError, export_distilled, load_distilled, save_distilled
-from utils.config import load_config
 from utils.context import RunContext
 from utils.distillation import Distiller, initial_set, resolve_method
-from utils.experts import run_buffer
 from utils.trajectories import TrajectoryError, expert_path
 from utils.visuals import to_uint8
+
+from conftest import distill_config as distill_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
@@ -45,37 +45,13 @@ def _temporaries(folder):
 
 
 @pytest.fixture(scope="module")
-def base_cfg(tux_slice, shared_cache, tmp_path_factory):
-    """`tiny_cfg` (conftest) built once for the module, with its buffer (2 experts × 2 epochs) trained once."""
-    # load_config, not yaml.safe_load: the latter reads `weight_decay: 5e-4` as the string "5e-4"
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
-    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
-                       image_size=32)
-    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("distill_buffer") / "buffer"), num_experts=2,
-                         epochs=2, batch_size=8, eval_every=0)
-    cfg["cache_dir"] = str(shared_cache)
-    cfg["device"] = "cpu"
-    assert sorted(run_buffer(cfg, log=_quiet)) == [0, 1]
-    return cfg
+def base_cfg(distill_base):
+    return distill_base
 
 
 @pytest.fixture(scope="module")
 def ctx(base_cfg):
     return RunContext(base_cfg, splits=("train",), log=_quiet)
-
-
-def distill_cfg(base_cfg, out_dir, **distill):
-    """configs/tuxpaint/lors.yaml with the tiny data/model/buffer and a tiny distill section
-    (lr_sim 0.1: S measurably leaves the identity within a few iterations)."""
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
-    for key in ("data", "model", "buffer", "cache_dir", "device", "evaluate"):
-        cfg[key] = copy.deepcopy(base_cfg[key])
-    cfg["distill"].update(budget=6, syn_steps=2, mini_batch_size=3, iterations=4, checkpoint_every=2,
-                          max_start_epoch=1, expert_epochs=1, eval_every=0, lr_sim=0.1, lr_lr=1e-5,
-                          out_dir=str(out_dir))
-    cfg["distill"].update(distill)
-    cfg["evaluate"].update(students=1, epochs=2)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """distill.py and evaluate.py under torchrun (gloo, 2 processes on the CPU) give what one process gives, on the Tux
 Paint slice at 32 px; the refusals of the process group (a P the processes cannot share, nccl without GPUs) and a
 failing rank that ends the job."""
-import copy
 import json
 import os
 import shutil
@@ -18,11 +17,12 @@ from safetensors import safe_open
 
 import evaluate
 from data.distilled import load_distilled
-from utils.config import ConfigError, load_config, save_config
+from utils.config import ConfigError, save_config
 from utils.context import RunContext
 from utils.distillation import Distiller
 from utils.distributed import join
-from utils.experts import run_buffer
+
+from conftest import distill_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
@@ -70,26 +70,14 @@ def assert_same_set(a, b, atol=ATOL):
 
 
 @pytest.fixture(scope="module")
-def base_cfg(tux_slice, shared_cache, tmp_path_factory):
-    """The tiny data and model of tests/test_distill.py, with its buffer (2 experts × 2 epochs) trained once."""
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
-    cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
-                       image_size=32)
-    cfg["buffer"].update(out_dir=str(tmp_path_factory.mktemp("dist_buffer") / "buffer"), num_experts=2, epochs=2,
-                         batch_size=8, eval_every=0)
-    cfg.update(cache_dir=str(shared_cache), device="cpu")
-    run_buffer(cfg, log=_quiet)
-    return cfg
+def base_cfg(distill_base):
+    return distill_base
 
 
 def distill_cfg(base_cfg, out_dir, **distill):
-    """configs/tuxpaint/lors.yaml on the tiny data: 6 pairs, 2 inner steps, 4 segments an iteration (2 a rank)."""
-    cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
-    for key in ("data", "model", "buffer", "cache_dir", "device"):
-        cfg[key] = copy.deepcopy(base_cfg[key])
-    cfg["distill"].update({"budget": 6, "syn_steps": 2, "mini_batch_size": 3, "iterations": 1, "checkpoint_every": 1,
-                           "max_start_epoch": 1, "expert_epochs": 1, "eval_every": 0, "lr_sim": 0.1, "lr_lr": 1e-5,
-                           "segments_per_iteration": 4, "out_dir": str(out_dir), **distill})
+    """The tiny distillation of tests/conftest.py: 1 iteration of 4 segments (2 a rank), 3 students."""
+    cfg = distill_config(base_cfg, out_dir, **{"iterations": 1, "checkpoint_every": 1, "segments_per_iteration": 4,
+                                               **distill})
     cfg["evaluate"].update(students=3, together=1, epochs=2, checkpoint_every=1, lr_grid=[0.05, 0.1])
     return cfg
 
