@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from networks.checkpointing import checkpoint_blocks
-from networks.forward_mode import build_chain, chain_matches
-from networks.student import DualEncoder
+from networks.forward_mode import build_chain, chain_matches, segmented_jvp
+from networks.student import DualEncoder, FlatTower
 from utils.losses import get_loss
 from utils.metagrad import InnerLoop, meta_gradient
 from utils.similarity import Similarity
@@ -121,6 +121,25 @@ def test_checkpointed_activations_give_the_same_meta_gradient(tower):
     _, exact = run("exact", 4, 0.5, False, tower=tower, checkpointed=True)
     for name, g in unrolled.items():  # and exact still equals unroll with it on
         assert relative_error(exact[name], g) < 1e-4, name
+
+
+def test_segment_recomputation_keeps_torchs_numbers_with_silu():
+    """A segment recomputes SiLU's tangent its own way (keeping less for the backward): the gradients through it are
+    those of torch's own forward-mode graph, bit for bit, with SiLU in place too (NFNet's)."""
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(inplace=True), nn.Conv2d(4, 5, 3), nn.SiLU())
+    flat = FlatTower(tower)
+    theta, tangent = flat.flatten().requires_grad_(True), torch.randn(flat.numel)
+    images = torch.randn(2, 3, 8, 8, requires_grad=True)
+    weights = torch.randn(2, 2, 5, 4, 4)
+
+    def gradients(u, u_dot):
+        return torch.autograd.grad((weights[0] * u + weights[1] * u_dot).sum(), [theta, images])
+
+    segmented = gradients(*segmented_jvp([(tower, "")], flat, theta, tangent, images))
+    own = gradients(*torch.func.jvp(flat, (theta, images), (tangent, torch.zeros_like(images))))
+    for mine, torchs in zip(segmented, own):
+        assert torch.equal(mine, torchs)
 
 
 @pytest.mark.parametrize("eta", [0.1, 0.5])

@@ -83,35 +83,46 @@ def _unrolled(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomin
 
 def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denominators, frozen, store):
     eta = {t: lr.detach() for t, lr in lrs.items()}
-    detached_syn = {k: v.detach() for k, v in syn.items()}
-    thetas = theta_start
-    for i in range(num_steps):  # pass 1: the inner loop, no graph to the synthetic tensors
-        store.put(i, thetas)
-        leaves = {t: v.detach().requires_grad_(True) for t, v in thetas.items()}
-        grads = torch.autograd.grad(step_loss(i, leaves, detached_syn), list(leaves.values()))
-        thetas = {t: leaves[t].detach() - eta[t] * g for t, g in zip(leaves, grads)}
-    outer = matching_loss(thetas, theta_target, denominators)
-    adjoint = {t: 2 * (thetas[t] - theta_target[t]) / denominators[t] for t in thetas}
+    theta_end = _inner_loop(step_loss, theta_start, eta, {k: v.detach() for k, v in syn.items()}, num_steps, store)
+    outer = matching_loss(theta_end, theta_target, denominators)
+    adjoint = {t: 2 * (theta_end[t] - theta_target[t]) / denominators[t] for t in theta_end}
+    del theta_end  # pass 2, where the peak is, needs nothing else of pass 1
 
     syn_grads = {k: torch.zeros_like(v) for k, v in syn.items()}
     lr_grads = {t: torch.zeros_like(lr) for t, lr in lrs.items()}
     wanted = [k for k, v in syn.items() if v.requires_grad]
     for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
-        leaves = {t: v.requires_grad_(True) for t, v in store.get(i, theta_start).items()}
-        dots = gradient_dots(step_loss, i, leaves, syn, adjoint)  # g_i^t · λ_{i+1}^t
-        for t, dot in dots.items():
-            lr_grads[t] -= dot.detach()
-        weighted = sum(eta[t] * dot for t, dot in dots.items())
-        inputs = [syn[k] for k in wanted] + ([] if frozen else list(leaves.values()))
-        vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
-        for k, g in zip(wanted, vjp):
-            if g is not None:
-                syn_grads[k] -= g
-        if not frozen:
-            for t, h_lambda in zip(leaves, vjp[len(wanted):]):
-                if h_lambda is not None:
-                    adjoint[t] = adjoint[t] - h_lambda
+        _step_back(step_loss, i, store.get(i, theta_start), syn, eta, adjoint, syn_grads, lr_grads, wanted, frozen)
     return outer, syn_grads, lr_grads
+
+
+def _inner_loop(step_loss, thetas, eta, syn, num_steps, store):
+    """Pass 1: the K steps without a graph to the synthetic tensors, storing θ_0 … θ_{K−1}; returns θ_K."""
+    for i in range(num_steps):
+        store.put(i, thetas)
+        leaves = {t: v.detach().requires_grad_(True) for t, v in thetas.items()}
+        grads = torch.autograd.grad(step_loss(i, leaves, syn), list(leaves.values()))
+        thetas = {t: leaves[t].detach() - eta[t] * g for t, g in zip(leaves, grads)}
+    return thetas
+
+
+def _step_back(step_loss, i, theta, syn, eta, adjoint, syn_grads, lr_grads, wanted, frozen):
+    """Step i of pass 2: adds its shares to syn_grads and lr_grads and (unless frozen) takes λ_{i+1} to λ_i, in
+    place. Its θ_i, graph and H_i λ are freed on return, before step i−1 is rebuilt."""
+    leaves = {t: v.requires_grad_(True) for t, v in theta.items()}
+    dots = gradient_dots(step_loss, i, leaves, syn, adjoint)  # g_i^t · λ_{i+1}^t
+    for t, dot in dots.items():
+        lr_grads[t] -= dot.detach()
+    weighted = sum(eta[t] * dot for t, dot in dots.items())
+    inputs = [syn[k] for k in wanted] + ([] if frozen else list(leaves.values()))
+    vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
+    for k, g in zip(wanted, vjp):
+        if g is not None:
+            syn_grads[k] -= g
+    if not frozen:
+        for t, h_lambda in zip(leaves, vjp[len(wanted):]):
+            if h_lambda is not None:
+                adjoint[t] -= h_lambda
 
 
 def gradient_dots(step_loss, i, thetas, syn, adjoint):
