@@ -37,7 +37,8 @@ CROSS_ARCHITECTURE_KEYS = ("text_encoder", "text_weights", "image_size")
 def _flags(parser):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--distilled", type=Path, nargs="+",
-                        help="distilled-set files (distill.py, coreset.py) or folders of images/ + dataset.json")
+                        help="distilled-set files (distill.py, coreset.py) or export folders (images/ + dataset.json, "
+                             "or a Hugging Face imagefolder: python -m data.distilled --format imagefolder)")
     source.add_argument("--expert", type=Path, help="expert trajectory file written by buffer.py")
     source.add_argument("--full-data", action="store_true",
                         help="train a student on the whole training split (expert recipe), then evaluate")
