@@ -65,6 +65,8 @@ def describe(dset, path):
     """What the results table needs to know about a set besides its recall."""
     method, metagrad = dset.meta.get("method", "?"), dset.meta.get("metagrad")
     name = f"{method} · {metagrad}" if metagrad else method
+    if ((dset.meta.get("config") or {}).get("distill") or {}).get("precision") == "bf16":  # not fp32: say so
+        name += ", bf16"
     if dset.meta.get("iteration") == 0:  # a distillation's starting point: a control, not a distilled set
         name, metagrad = f"{method} at iteration 0", "iteration 0"
     return {"model": f"{name} ({len(dset)} pairs)", "method": method, "metagrad": metagrad,

@@ -109,10 +109,13 @@ def _make_random(ctx, n, path=None):
     return path
 
 
-def test_a_distillations_starting_point_is_labelled_as_such(random_set):
+def test_a_distillations_starting_point_and_bf16_are_labelled_as_such(random_set):
     dset = load_distilled(random_set)
     dset.meta.update(method="lors", metagrad="exact", budget=6)
     assert evaluate.describe(dset, "x")["model"] == "lors · exact (5 pairs)"
+    dset.meta["config"] = {"distill": {"precision": "bf16"}}  # a set distilled in bf16 is labelled as such
+    assert evaluate.describe(dset, "x")["model"] == "lors · exact, bf16 (5 pairs)"
+    dset.meta["config"] = {"distill": {"precision": "fp32"}}
     dset.meta["iteration"] = 0
     described = evaluate.describe(dset, "x")
     assert described["model"] == "lors at iteration 0 (5 pairs)" and described["metagrad"] == "iteration 0"
