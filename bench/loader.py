@@ -76,13 +76,10 @@ def transform_of(cfg, view):
     """The expert transform of the config (or its test transform), as RunContext builds it, with its description."""
     from data.images import build_transform
     from networks.encoders import ImageTower
-    from utils.recipe import CLIP_STATS, expert_recipe
+    from utils.recipe import expert_recipe, pixel_stats
     recipe, size = expert_recipe(cfg), cfg["data"]["image_size"]
-    if recipe["data.pixel_stats"] == "clip":
-        mean, std = CLIP_STATS
-    else:  # the tower's own statistics; random init has the same ones
-        tower = ImageTower(cfg["model"]["image_encoder"], None)
-        mean, std = tower.mean, tower.std
+    # a random-init tower: its statistics are those of the pretrained one
+    mean, std = pixel_stats(recipe, ImageTower(cfg["model"]["image_encoder"], None))
     train = view == "train" and cfg["buffer"].get("augment", True)
     randaugment = train and recipe["data.randaugment"]
     what = (f"train view ({size} px, random-resized crop + flip{' + RandomAugment(2, 5)' if randaugment else ''})"

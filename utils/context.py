@@ -9,7 +9,7 @@ from data.images import build_transform
 from data.text_cache import caption_features
 from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
-from utils.recipe import CLIP_STATS, expert_recipe
+from utils.recipe import expert_recipe, pixel_stats
 from utils.training import cached_text_source, pick_device, sampled_text_source
 
 TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
@@ -37,8 +37,7 @@ class RunContext:
         self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)
         self.image_size = data["image_size"]
         self.recipe = expert_recipe(cfg)
-        clip = self.recipe["data.pixel_stats"] == "clip"
-        self.mean, self.std = mean, std = CLIP_STATS if clip else (self._image_tower.mean, self._image_tower.std)
+        self.mean, self.std = mean, std = pixel_stats(self.recipe, self._image_tower)
         self.test_transform = build_transform(self.image_size, mean, std, train=False)
         self.train_transform = build_transform(self.image_size, mean, std, train=True,
                                                randaugment=self.recipe["data.randaugment"])

@@ -26,6 +26,11 @@ ITEMS = {
 CLIP_STATS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # (mean, std)
 
 
+def pixel_stats(recipe, tower):
+    """(mean, std) images are normalised with: CLIP's (data.pixel_stats: clip) or the image tower's own."""
+    return CLIP_STATS if recipe["data.pixel_stats"] == "clip" else (tower.mean, tower.std)
+
+
 class RecipeError(ValueError):
     pass
 
