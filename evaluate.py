@@ -28,7 +28,6 @@ from utils.experts import expert_students, fit_expert
 from utils.io import atomic_write_json, atomic_write_text, hash_strings
 from utils.metrics import format_table
 from utils.tensorboard import log_curves, tensorboard_dir
-from utils.training import evaluate_retrieval
 from utils.visuals import save_curves
 
 CROSS_ARCHITECTURE_KEYS = ("text_encoder", "text_weights", "image_size")
@@ -108,7 +107,7 @@ def evaluate_expert(ctx, path, epochs):
     """[(label, test recall)] for the requested snapshots of one expert file."""
     students, meta = expert_students(ctx, path, epochs)
     return [(f"expert {meta['expert']}, epoch {epoch}" + (" (start)" if epoch == 0 else ""),
-             evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device))
+             ctx.recall(student, "test"))
             for epoch, student in students]
 
 

@@ -10,7 +10,7 @@ from data.text_cache import caption_features
 from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
 from utils.recipe import expert_recipe, pixel_stats
-from utils.training import cached_text_source, pick_device, sampled_text_source
+from utils.training import cached_text_source, evaluate_retrieval, pick_device, sampled_text_source
 
 TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
 
@@ -60,6 +60,11 @@ class RunContext:
                                                     self.log, samples=self.recipe["buffer.text_feature_samples"])
             self.text_encoder.cpu()
         return sampled_text_source(self._noisy_features, self.device, seed)
+
+    def recall(self, student, split):
+        """TR/IR recall of `student` on this run's `split`, with its test transform and image cache."""
+        return evaluate_retrieval(student, self.splits[split], self.features[split], self.test_transform, self.device,
+                                  image_cache=self.image_cache)
 
     def new_student(self, seed):
         """A fresh student: the pretrained image tower and a text head initialised from `seed`; with

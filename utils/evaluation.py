@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from utils.distributed import gather, share
 from utils.losses import get_loss
-from utils.training import evaluate_retrieval, tower_lrs, tower_optimizer
+from utils.training import tower_lrs, tower_optimizer
 
 PROTOCOLS = ("last epoch", "val-selected", "as published")
 
@@ -115,8 +115,7 @@ def scorer(ctx, splits):
     def record(epoch, student):
         curve["epochs"].append(epoch)
         for split in splits:
-            curve[split].append(evaluate_retrieval(student, ctx.splits[split], ctx.features[split],
-                                                   ctx.test_transform, ctx.device))
+            curve[split].append(ctx.recall(student, split))
     return curve, record
 
 

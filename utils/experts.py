@@ -17,7 +17,7 @@ from utils.recipe import ITEMS, recipe_differences
 from utils.tensorboard import open_log, tensorboard_dir
 from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
                                 load_expert, read_metadata, save_expert)
-from utils.training import evaluate_retrieval, pair_loader, student_optimizer, train_epoch
+from utils.training import pair_loader, student_optimizer, train_epoch
 
 
 def expert_seed(base_seed, index):
@@ -152,7 +152,7 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
             losses.append(loss)
             board.scalars(epoch, {"train/loss": loss})
         if eval_every and (epoch % eval_every == 0 or epoch == bcfg["epochs"]):
-            recalls[epoch] = _test_recall(ctx, student)
+            recalls[epoch] = ctx.recall(student, "test")
             board.recall(epoch, "test", recalls[epoch])
             return f", test mean recall {recalls[epoch]['mean']:.2f}"
 
@@ -163,11 +163,6 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
                 "test_recall": recalls, "seconds": round(time.time() - start, 1), "config": ctx.cfg}
     metadata.update({f"layout_{tower}": layout for tower, layout in layouts.items()})
     save_expert(expert_path(out_dir, index), snapshots, metadata, bcfg.get("dtype", "fp32"))
-
-
-def _test_recall(ctx, student):
-    return evaluate_retrieval(student, ctx.splits["test"], ctx.features["test"], ctx.test_transform, ctx.device,
-                              image_cache=ctx.image_cache)
 
 
 def expert_students(ctx, path, epochs=None):
