@@ -204,10 +204,15 @@ def read_folder(folder, text_encoder, transform, meta):
                                 f"Karpathy-style dataset.json, or a Hugging Face imagefolder export")
     split = read_split(annotations, "train", folder / "images", f"folder:{folder.name}")
     source = json.loads(annotations.read_text()).get("source") or {}
-    caption_indices = torch.arange(len(split.captions))
-    return real_pairs(split, text_encoder.encode(list(split.captions)), transform, caption_indices,
-                      {"method": source.get("method") or "folder", "budget": len(split.captions), "loss": "infonce",
-                       **meta, "source": str(folder), "text_features": "encoded captions (dataset.json)"})
+    return encoded_pairs(split, text_encoder, transform, meta, folder, source.get("method"), "dataset.json")
+
+
+def encoded_pairs(split, text_encoder, transform, meta, folder, method, why):
+    """An export folder's pairs as a coreset: one per caption, captions encoded by the frozen `text_encoder`,
+    S = I; `why` says where the text features come from (recorded in the set's metadata)."""
+    return real_pairs(split, text_encoder.encode(list(split.captions)), transform, torch.arange(len(split.captions)),
+                      {"method": method or "folder", "budget": len(split.captions), "loss": "infonce", **meta,
+                       "source": str(folder), "text_features": f"encoded captions ({why})"})
 
 
 def renormalised(dset, mean, std):

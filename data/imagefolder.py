@@ -17,8 +17,8 @@ import yaml
 
 from data.annotations import CaptionSplit, preprocess_caption
 from data.distilled import (CARD_FILE, EXPORT_FORMAT, FEATURES_FILE, METADATA_FILE, DistilledSet, DistilledSetError,
-                            check_consistent, check_exportable, export_build, read_set_file, read_similarity,
-                            real_pairs, write_pngs)
+                            check_consistent, check_exportable, encoded_pairs, export_build, read_set_file,
+                            read_similarity, write_pngs)
 from data.images import SplitImages
 from utils.io import atomic_write_text, save_tensors
 from utils.metrics import KS, format_table
@@ -152,7 +152,6 @@ def read_imagefolder(folder, text_encoder, transform, meta):
     split = _read_rows(folder)
     path = folder / FEATURES_FILE
     stored, tensors = read_set_file(path) if path.is_file() else ({}, {})
-    indices = torch.arange(len(split.captions))
     if not path.is_file():
         reason = f"no {FEATURES_FILE}"
     elif stored.get("format") != EXPORT_FORMAT:
@@ -163,7 +162,7 @@ def read_imagefolder(folder, text_encoder, transform, meta):
                   f"{meta.get('text_weights')})")
     else:
         texts = tensors.pop("text_features", None)
-        if texts is None or texts.dim() != 2 or not len(texts) == len(split.image_paths) == len(indices):
+        if texts is None or texts.dim() != 2 or not len(texts) == len(split.image_paths) == len(split.captions):
             raise DistilledSetError(
                 f"{path}: its text_features ({None if texts is None else tuple(texts.shape)}) do not match "
                 f"{METADATA_FILE}'s {len(split.image_paths)} rows with one caption each; the export is damaged "
@@ -176,9 +175,7 @@ def read_imagefolder(folder, text_encoder, transform, meta):
                              "text_features": f"learned ({FEATURES_FILE})"})
         check_consistent(dset, path, text_dim=text_encoder.hidden_size)
         return dset
-    return real_pairs(split, text_encoder.encode(list(split.captions)), transform, indices,
-                      {"method": stored.get("method") or "folder", "budget": len(indices), "loss": "infonce", **meta,
-                       "source": str(folder), "text_features": f"encoded captions ({reason})"})
+    return encoded_pairs(split, text_encoder, transform, meta, folder, stored.get("method"), reason)
 
 
 def _read_rows(folder):
