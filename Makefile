@@ -28,13 +28,17 @@ demo: venv data
 	$(PY) evaluate.py --config configs/tuxpaint/lors.yaml --out runs/tuxpaint/demo_results.json \
 	  --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_50.safetensors
 
-# the optional extras are installed for the tests that read TensorBoard logs and load exports with `datasets`
+# the optional extras are installed for the tests that read TensorBoard logs and load exports with `datasets`, and
+# import-linter checks the layering
 EXTRAS := $(VENV)/.extras
 $(EXTRAS): requirements-extras.txt | $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-extras.txt
 	touch $@
 
+# the import layering (.importlinter: common < data < networks < training < artefacts < evaluation < methods, no
+# cycles) is part of the suite
 test: venv data $(EXTRAS)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q tests
 
 clean-runs:

@@ -4,14 +4,16 @@
     torchrun --nproc-per-node G buffer.py --config configs/flickr30k/buffer.yaml   # experts spread over G GPUs
     python buffer.py --config … --log.tensorboard runs/tb   # live loss and recall: tensorboard --logdir runs/tb
 """
-from utils.cli import run
-from utils.config import parse_args
-from utils.experts import run_buffer
-from utils.trajectories import buffer_stats, verdict_lines
+from common.cli import run
+from common.config import parse_args
+from methods import method_keys
+from training.experts import run_buffer
+from training.trajectories import buffer_stats, verdict_lines
 
 
 def main(argv=None):
-    cfg, _ = parse_args(argv, description=__doc__)
+    cfg, _ = parse_args(argv, description=__doc__, reads=("data", "model", "buffer", "log"),
+                        method_keys=method_keys())
     experts = run_buffer(cfg)
     for index, meta in sorted(experts.items()):
         recall = meta.get("test_recall") or {}
@@ -20,7 +22,7 @@ def main(argv=None):
             print(f"expert {index}: test mean recall {recall[first]['mean']:.2f} at epoch {first} "
                   f"-> {recall[last]['mean']:.2f} at epoch {last}")
     if experts and cfg["buffer"]["epochs"] >= 2:  # rank 0 only (other ranks get no experts back)
-        print(f"worth distilling? (figures: python -m utils.trajectories {cfg['buffer']['out_dir']})")
+        print(f"worth distilling? (figures: python -m training.trajectories {cfg['buffer']['out_dir']})")
         for line in verdict_lines(buffer_stats(cfg["buffer"]["out_dir"])):
             print(f"  {line}")
 

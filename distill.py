@@ -1,5 +1,6 @@
-"""Distil a dataset by trajectory matching (METHOD §4): LoRS, MTT-VL or TESLA-VL, with the
-meta-gradient computed by `unroll`, `tesla` or `exact`. Needs the experts of buffer.py.
+"""Distil a dataset with one of the registered methods (python distill.py --help lists them and their keys):
+trajectory matching (LoRS, MTT-VL, TESLA-VL, RepBlend: docs/methods.md §4), with the meta-gradient computed by
+`unroll`, `tesla` or `exact`, which needs the experts of buffer.py.
 
     python distill.py --config configs/tuxpaint/lors.yaml [--distill.metagrad tesla ...]
     torchrun --nproc-per-node G distill.py --config … --distill.segments_per_iteration P   # P a multiple of G
@@ -7,23 +8,26 @@ meta-gradient computed by `unroll`, `tesla` or `exact`. Needs the experts of buf
 Rerun the same command after a crash: it resumes from the last checkpoint in distill.out_dir (with any number of
 processes, as long as P is the same).
 """
-from utils.cli import run
-from utils.config import parse_args
-from utils.context import RunContext
-from utils.distillation import Distiller, segments_per_rank
-from utils.distributed import processes, rank_zero_first
-from utils.tensorboard import tensorboard_dir
+from common.cli import run
+from common.config import parse_args
+from common.distributed import processes, rank_zero_first
+from common.tensorboard import tensorboard_dir
+from methods import REGISTRY, method_keys
+from methods.loop import Distillation, work_per_rank
+from training.context import RunContext
 
 
 def main(argv=None):
-    cfg, _ = parse_args(argv, description=__doc__)
+    methods = "\n".join(f"  {name:<10} {spec.summary}" for name, spec in REGISTRY.items())
+    cfg, _ = parse_args(argv, description=f"{__doc__}\nmethods (distill.method):\n{methods}",
+                        reads=("data", "model", "buffer", "distill", "evaluate", "log"), method_keys=method_keys())
     tensorboard_dir(cfg)  # log.tensorboard without the package: stop before any compute
     splits = ("train", "val") if cfg["distill"]["eval_every"] else ("train",)
-    with processes(cfg.get("device", "auto")) as (_, world, device):
-        segments_per_rank(cfg["distill"], world)  # before anything is built
+    with processes(cfg["device"]) as (_, world, device):
+        work_per_rank(cfg["distill"], world)  # before anything is built
         with rank_zero_first():  # rank 0 builds the caches the others read
             ctx = RunContext(cfg, splits=splits, device=device)
-        return Distiller.from_context(ctx, cfg).run()
+        return Distillation.from_context(ctx, cfg).run()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ budget_<N>/ (images/, prompts.json, dataset.json, and distilled.safetensors, whi
 """
 from pathlib import Path
 
-from utils.cli import run
-from utils.config import parse_args, save_config
-from utils.io import run_lock
+from common.cli import run
+from common.config import parse_args, save_config
+from common.io import run_lock
+from methods import method_keys
 
 STEPS = ("finetune", "sample", "caption", "export")
 
@@ -22,21 +23,10 @@ def _flags(parser):
     parser.add_argument("step", choices=(*STEPS, "all"), help="which step to run (all: the four in turn)")
 
 
-def export(cfg, folder, out, log=print):
-    from data.distilled import read_folder, save_distilled
-    from utils.context import RunContext
-    ctx = RunContext(cfg, splits=(), log=log)
-    dset = read_folder(folder, ctx.text_encoder, ctx.test_transform,
-                       {**ctx.artefact_identity(), "method": "edge", "seed": cfg["edge"]["seed"],
-                        "cpi": cfg["edge"]["cpi"], "config": cfg})
-    save_distilled(out, dset)
-    log(f"EDGE set of {len(dset)} pairs written to {out}")
-    return out
-
-
 def main(argv=None):
-    cfg, args = parse_args(argv, description=__doc__.split("\n")[0], extra=_flags)
-    from utils.generation import set_folder
+    cfg, args = parse_args(argv, description=__doc__.split("\n")[0], extra=_flags,
+                           reads=("data", "model", "edge"), method_keys=method_keys())
+    from methods.edge.generation import set_folder
     out_dir = Path(cfg["edge"]["out_dir"])
     finetuned, folder = out_dir / "finetune.safetensors", set_folder(cfg["edge"])
     with run_lock(out_dir):
@@ -47,21 +37,22 @@ def main(argv=None):
 def run_steps(cfg, which, finetuned, folder):
     for step in STEPS if which == "all" else (which,):
         if step == "finetune":
-            from utils.edge import finetune
+            from methods.edge.finetune import finetune
             finetune(cfg)
         elif step == "sample":
-            from utils.generation import sample
+            from methods.edge.generation import sample
             sample(cfg, finetuned, folder)
         elif step == "caption":
+            from common.distributed import pick_device
+            from methods.edge.generation import caption
             from networks.captioner import load_captioner
-            from utils.generation import caption
-            from utils.training import pick_device
             ecfg = cfg["edge"]
             captioner = None if ecfg["cpi"] == 1 else load_captioner(  # one caption per image: the prompt
-                ecfg["captioner_kind"], ecfg["captioner"], ecfg["instruction"], pick_device(cfg.get("device", "auto")),
+                ecfg["captioner_kind"], ecfg["captioner"], ecfg["instruction"], pick_device(cfg["device"]),
                 ecfg["max_new_tokens"])
             caption(cfg, folder, captioner)
         else:
+            from methods.edge.generation import export
             export(cfg, folder, folder / "distilled.safetensors")
 
 

@@ -1,12 +1,12 @@
 """A distilled set as a Hugging Face `imagefolder` dataset, and back.
 
-    python -m data.distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/lors_50_hf --format imagefolder --evaluation runs/tuxpaint/demo_results.json
+    python -m artefacts.export runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/lors_50_hf --format imagefolder --evaluation runs/tuxpaint/demo_results.json
 
 writes `images/0000.png …` (8-bit RGB), `metadata.jsonl` (one row per pair: `file_name`, `caption`, `pair_index`),
 a dataset card `README.md` (YAML front matter for the Hub), and `features.safetensors`: what is neither image nor
 caption (the text features, the similarity's factors `sim_*`, and the set's metadata: encoders, normalisation, lrs,
 config). `datasets.load_dataset("imagefolder", data_dir=OUT)` loads images and captions; `read_imagefolder` (through
-`data.distilled.read_folder`, so `evaluate.py --distilled OUT`) gives the set back as distilled.
+`artefacts.export.read_folder`, so `evaluate.py --distilled OUT`) gives the set back as distilled.
 """
 import json
 import os
@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 import yaml
 
+from artefacts.distilled import DistilledSet, DistilledSetError, check_consistent, read_set_file, read_similarity
+from artefacts.folder import (CARD_FILE, EXPORT_FORMAT, FEATURES_FILE, METADATA_FILE, check_exportable, export_build,
+                              write_pngs)
+from artefacts.pairs import encoded_pairs
+from common.errors import InputError
+from common.io import atomic_write_text, save_tensors
 from data.annotations import CaptionSplit, preprocess_caption
-from data.distilled import (CARD_FILE, EXPORT_FORMAT, FEATURES_FILE, METADATA_FILE, DistilledSet, DistilledSetError,
-                            check_consistent, check_exportable, encoded_pairs, export_build, read_set_file,
-                            read_similarity, write_pngs)
 from data.images import SplitImages
-from utils.io import atomic_write_text, save_tensors
-from utils.metrics import KS, format_table
+from training.metrics import KS, format_table
 
 TEXT_KEYS = ("text_encoder", "text_weights")  # what learned text features are only meaningful with
 RECALL_KEYS = tuple(f"{side}@{k}" for side in ("ir", "tr") for k in KS) + ("mean",)
@@ -51,24 +53,24 @@ def read_evaluation(path, set_path):
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--evaluation {path} cannot be read as JSON ({err}); pass the results JSON that "
+        raise InputError(f"--evaluation {path} cannot be read as JSON ({err}); pass the results JSON that "
                          f"evaluate.py --out wrote") from err
     entries = results.get("results") if isinstance(results, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"--evaluation {path} has no 'results' list of entries: it is not a results JSON of "
+        raise InputError(f"--evaluation {path} has no 'results' list of entries: it is not a results JSON of "
                          f"evaluate.py")
     target = Path(set_path).resolve()
     matches = [e for e in entries if isinstance(e.get("source"), str) and Path(e["source"]).resolve() == target]
     if not matches:
         sources = ", ".join(str(e.get("source")) for e in entries) or "none"
-        raise ValueError(f"--evaluation {path} holds no result for {set_path} (its sets: {sources}); run "
+        raise InputError(f"--evaluation {path} holds no result for {set_path} (its sets: {sources}); run "
                          f"evaluate.py --distilled {set_path} from this folder and pass the JSON it writes")
     entry = matches[0]
     protocols = entry.get("protocols")
     if not (isinstance(protocols, dict) and protocols
             and all(isinstance(r, dict) and all(_is_recall(r.get(k)) for k in RECALL_KEYS)
                     for r in protocols.values())):
-        raise ValueError(f"--evaluation {path}: the result for {set_path} has no readable recall (per protocol, "
+        raise InputError(f"--evaluation {path}: the result for {set_path} has no readable recall (per protocol, "
                          f"{', '.join(RECALL_KEYS)} as % or [mean, std]); pass an unedited results JSON of "
                          f"evaluate.py")
     return {"file": path.name, "dataset": results.get("dataset"), "entry": entry}

@@ -34,7 +34,8 @@ MODES = ("cached", "sampled", "reencode")
 
 
 def parse(argv):
-    from utils.config import parse_args
+    from common.config import parse_args
+    from methods import method_keys
 
     def extra(p):
         p.add_argument("--model-config", help="benchmark this config's model on synthetic inputs (per step)")
@@ -55,22 +56,22 @@ def parse(argv):
         argv = ["--config", known.model_config or DEMO_CONFIG] + list(argv)
     elif known.model_config:
         sys.exit("give either --config (demo mode) or --model-config, not both")
-    return parse_args(argv, __doc__, extra)
+    return parse_args(argv, __doc__, extra, method_keys=method_keys())
 
 
 def bench_demo(cfg, args):
     """One mode of the demo: `--epochs` full expert epochs with train_epoch, after a short warm-up."""
     import tempfile
 
-    from utils.context import RunContext
-    from utils.experts import expert_setup
-    from utils.training import train_epoch
+    from training.context import RunContext
+    from training.experts import expert_setup
+    from training.fit import train_epoch
 
     sampled = args.mode == "sampled"
     cfg["buffer"].update(text_encoder_dropout=sampled, text_feature_samples=args.samples if sampled else 1)
     ctx = RunContext(cfg, splits=("train",))  # builds the text cache if missing (before memory is counted)
     bcfg, split = cfg["buffer"], ctx.splits["train"]
-    student, optimizer, loader = expert_setup(ctx, bcfg.get("seed", 0))
+    student, optimizer, loader = expert_setup(ctx, bcfg["seed"])
     build = None
     if sampled:  # the one-off cost of the M encodings, in a cache folder of its own so that it is really built
         with tempfile.TemporaryDirectory() as scratch:
@@ -78,7 +79,7 @@ def bench_demo(cfg, args):
             ctx.expert_text_source(0)
             build = time.perf_counter() - start
     if args.mode != "reencode":
-        text_source = ctx.expert_text_source(bcfg.get("seed", 0))
+        text_source = ctx.expert_text_source(bcfg["seed"])
     else:  # the public pipeline: the frozen encoder, in train mode (dropout on), runs on the batch's captions
         ctx.text_encoder.to(ctx.device).model.train()
 
@@ -105,7 +106,7 @@ def build_text(model_cfg, mode, random_weights, device):
     from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, BertTokenizer
     from networks.encoders import TextEncoder
     from networks.weights import ModelNotFoundError, resolve_text_encoder
-    name, max_length = model_cfg["text_encoder"], model_cfg.get("text_max_length", 77)
+    name, max_length = model_cfg["text_encoder"], model_cfg["text_max_length"]
     if mode != "reencode":  # the cached paths never run the encoder: only its width matters
         try:
             hidden = AutoConfig.from_pretrained(resolve_text_encoder(name)).hidden_size
@@ -135,18 +136,19 @@ def build_text(model_cfg, mode, random_weights, device):
 def bench_model(cfg, args):
     """One mode of the model benchmark: forward + backward + SGD step with InfoNCE on synthetic inputs."""
     from networks.student import DualEncoder
-    from utils.losses import infonce
-    from utils.training import pick_device, sampled_text_source, student_optimizer
+    from training.losses import infonce
+    from common.distributed import pick_device
+    from training.fit import sampled_text_source, student_optimizer
 
     data, model, bcfg = cfg["data"], cfg["model"], cfg["buffer"]
-    device = pick_device(cfg.get("device", "auto"))
+    device = pick_device(cfg["device"])
     size, batch = data["image_size"], args.batch_size or bcfg["batch_size"]
     torch.manual_seed(0)
-    tower, image_what = image_tower(model, args.random_weights, cfg.get("cache_dir", ".cache"))
+    tower, image_what = image_tower(model, args.random_weights, cfg["cache_dir"])
     encode, hidden, text_what = build_text(model, args.mode, args.random_weights, device)
     if encode is not None:
         encode.model.train()  # as the public code: dropout on while experts train
-    student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1)).to(device)
+    student = DualEncoder(tower, hidden, model["temperature"], model["text_dropout"]).to(device)
     optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"])
     images = torch.randn(batch, 3, size, size, device=device)  # synthetic: no data loading in the figure
     if encode is not None:

@@ -37,7 +37,7 @@ def parse(argv=None):
 
 def finetune_cost(components, args, device):
     from networks.generator import FrozenCLIP, load_generator, make_trainable
-    from utils.edge import checkpoint_activations, edge_loss
+    from methods.edge.finetune import checkpoint_activations, edge_loss
     gen = load_generator(components / "generator").to(device)
     params = list(make_trainable(gen.unet, args.trainable).values())
     clip = FrozenCLIP(components / "clip").to(device)
@@ -67,7 +67,7 @@ def finetune_cost(components, args, device):
 
 def sampling_cost(gen, args, device):
     from diffusers import DDIMScheduler
-    from utils.generation import generate_images
+    from methods.edge.generation import generate_images
     gen.unet.requires_grad_(False)
     scheduler = DDIMScheduler.from_config(gen.scheduler.config)
     prompts = [f"a photo of thing number {i}" for i in range(args.images)]
@@ -81,7 +81,7 @@ def sampling_cost(gen, args, device):
 
 def main(argv=None):
     args = parse(argv)
-    from utils.training import pick_device
+    from common.distributed import pick_device
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         components, label = args.components, str(args.components)

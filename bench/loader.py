@@ -5,7 +5,7 @@
 
 Synthetic 500×375 JPEGs (quality 90, smooth noise so that they compress like photos, ~5 captions each as Flickr30K)
 are written once to --jpeg-dir and reused by later runs. They are read through the path experts use
-(utils.training.pair_loader: SplitImages + build_transform with the config's image size, pixel statistics and
+(training.fit.pair_loader: SplitImages + build_transform with the config's image size, pixel statistics and
 RandomAugment as its recipe resolves them; batch buffer.batch_size), with N DataLoader workers, without and/or with
 the decoded-image cache (data.image_cache; built once under <jpeg-dir>/cache, its build time printed).
 
@@ -33,7 +33,8 @@ JPEG_SIZE, JPEG_QUALITY = (500, 375), 90
 
 
 def parse(argv):
-    from utils.config import parse_args
+    from common.config import parse_args
+    from methods import method_keys
 
     def extra(p):
         p.add_argument("--jpeg-dir", default="/tmp/bench_loader_jpegs", help="synthetic JPEGs, made once, reused")
@@ -47,7 +48,7 @@ def parse(argv):
 
     if "--config" not in argv:
         argv = ["--config", "configs/flickr30k/buffer.yaml", *argv]
-    return parse_args(argv, description=__doc__, extra=extra)
+    return parse_args(argv, description=__doc__, extra=extra, method_keys=method_keys())
 
 
 def synthetic_jpegs(folder, count, seed=0):
@@ -76,11 +77,11 @@ def transform_of(cfg, view):
     """The expert transform of the config (or its test transform), as RunContext builds it, with its description."""
     from data.images import build_transform
     from networks.encoders import ImageTower
-    from utils.recipe import expert_recipe, pixel_stats
+    from training.recipe import expert_recipe, pixel_stats
     recipe, size = expert_recipe(cfg), cfg["data"]["image_size"]
     # a random-init tower: its statistics are those of the pretrained one
     mean, std = pixel_stats(recipe, ImageTower(cfg["model"]["image_encoder"], None))
-    train = view == "train" and cfg["buffer"].get("augment", True)
+    train = view == "train" and cfg["buffer"]["augment"]
     randaugment = train and recipe["data.randaugment"]
     what = (f"train view ({size} px, random-resized crop + flip{' + RandomAugment(2, 5)' if randaugment else ''})"
             if train else f"eval view ({size} px, resize)")
@@ -95,7 +96,7 @@ def cpu_seconds():
 
 def measure(split, transform, workers, batch, image_cache):
     """(images/s, CPU seconds per image) over one epoch of a fresh loader, timed from its start."""
-    from utils.training import pair_loader
+    from training.fit import pair_loader
     loader = pair_loader(split, transform, batch, seed=0, num_workers=workers, drop_last=True,
                          image_cache=image_cache)
     start, cpu, seen = time.perf_counter(), cpu_seconds(), 0

@@ -8,7 +8,7 @@
         each case without and with activation checkpointing (distill.checkpoint_activations), in one table
 
 One iteration = sample a segment, inner loop, meta-gradient, SGD step on the synthetic set: exactly what
-distill.py runs (`Distiller.step`), but on a synthetic set of random pixels and text features and on
+distill.py runs (`Distillation.step`), but on a synthetic set of random pixels and text features and on
 synthetic expert segments (θ* = θ_0 + noise) of the model's true size, so no buffer is needed. Weights
 that are not available offline are replaced by random init (reported). Every (mode, steps) case runs in
 its own process; memory is the peak above the level after set-up (GPU: allocated; CPU: RSS).
@@ -31,7 +31,8 @@ DEMO_CONFIG = "configs/tuxpaint/lors.yaml"
 
 
 def parse(argv):
-    from utils.config import parse_args
+    from common.config import parse_args
+    from methods import method_keys
 
     def extra(p):
         p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="inner steps K")
@@ -47,7 +48,7 @@ def parse(argv):
 
     if "--config" not in argv:
         argv = ["--config", DEMO_CONFIG, *argv]
-    return parse_args(argv, __doc__, extra)
+    return parse_args(argv, __doc__, extra, method_keys=method_keys())
 
 
 class SyntheticPool:
@@ -73,26 +74,30 @@ def text_width(model_cfg):
 
 
 def build_distiller(cfg, mode, steps, random_weights):
-    """A Distiller wired to a synthetic set and synthetic experts (no data, no buffer)."""
-    from data.distilled import DistilledSet
+    """A Distillation wired to a synthetic set and synthetic experts (no data, no buffer)."""
+    from artefacts.distilled import DistilledSet
     from networks.student import DualEncoder
-    from utils.distillation import Distiller, resolve_method, synthetic_pairs
-    from utils.similarity import Similarity
-    from utils.training import pick_device, tower_lrs
+    from methods.loop import Distillation
+    from methods.matching import TrajectoryMatching, synthetic_pairs
+    from methods.registry import resolve_method
+    from training.similarity import Similarity
+    from common.distributed import pick_device
+    from training.fit import tower_lrs
 
-    d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps}, recipe=cfg.get("recipe"))
-    device = pick_device(cfg.get("device", "auto"))
+    d = resolve_method({**cfg["distill"], "metagrad": mode, "syn_steps": steps}, recipe=cfg["recipe"])
+    device = pick_device(cfg["device"])
     torch.manual_seed(0)
-    tower, image_what = image_tower(cfg["model"], random_weights, cfg.get("cache_dir", ".cache"))
+    tower, image_what = image_tower(cfg["model"], random_weights, cfg["cache_dir"])
     hidden, text_what = text_width(cfg["model"])
     model = cfg["model"]
-    student = DualEncoder(tower, hidden, model.get("temperature", 0.07), model.get("text_dropout", 0.1))
+    student = DualEncoder(tower, hidden, model["temperature"], model["text_dropout"])
     student = student.to(device).train()
     n, size = synthetic_pairs(d), cfg["data"]["image_size"]
     dset = DistilledSet(torch.randn(n, 3, size, size), torch.randn(n, hidden),
                         Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"]),
                         tower_lrs(d["lr_teacher"], "distill.lr_teacher"))
-    distiller = Distiller({**cfg, "distill": d}, student, SyntheticPool(student, device), dset, device)
+    method = TrajectoryMatching(d, student, SyntheticPool(student, device), dset, device, Path(d["out_dir"]))
+    distiller = Distillation({**cfg, "distill": d}, d, method, device)
     what = (f"{image_what} + text head on {hidden}-d features ({text_what}), {size} px, {n} pairs, "
             f"minibatch {d['mini_batch_size']}, {d['loss']}, similarity {d['sim_type']}")
     return distiller, device, what
@@ -117,8 +122,8 @@ def run_case(cfg, args):
             print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile),
                   file=sys.stderr)
     return {"mode": mode, "steps": steps, "seconds": statistics.median(times), "times": times,
-            "checkpointing": "on" if distiller.dcfg.get("checkpoint_activations") else "off",
-            "precision": distiller.dcfg.get("precision", "fp32"),
+            "checkpointing": "on" if distiller.dcfg["checkpoint_activations"] else "off",
+            "precision": distiller.dcfg["precision"],
             **peak_memory(device, baseline), "device": str(device), "what": what, "load": os.getloadavg()[0]}
 
 

@@ -18,7 +18,8 @@ from bench.common import emit, peak_memory, reset_peak, run_child, sync  # noqa:
 
 
 def parse(argv):
-    from utils.config import parse_args
+    from common.config import parse_args
+    from methods import method_keys
 
     def extra(p):
         p.add_argument("--pairs", type=int, default=50, help="size of the set the students train on")
@@ -28,14 +29,14 @@ def parse(argv):
 
     if "--config" not in argv:
         argv = ["--config", "configs/tuxpaint/buffer.yaml", *argv]
-    return parse_args(argv, description=__doc__, extra=extra)
+    return parse_args(argv, description=__doc__, extra=extra, method_keys=method_keys())
 
 
 def measure(cfg, args):
     """Child: train `args.students` students, `args.together` at a time; emit seconds per student and memory."""
-    from data.distilled import random_pairs, real_pairs
-    from utils.context import RunContext
-    from utils.evaluation import train_students
+    from artefacts.pairs import random_pairs, real_pairs
+    from training.context import RunContext
+    from evaluation.students import train_students
     ctx = RunContext(cfg, splits=("train",), log=lambda *_: None)
     train = ctx.splits["train"]
     dset = real_pairs(train, ctx.features["train"], ctx.test_transform, random_pairs(train, args.pairs, 0),

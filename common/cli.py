@@ -1,29 +1,17 @@
 """One way to fail: every entry point runs its `main` through `run`.
 
-The toolkit's own errors (a bad config value, bad data, a damaged artefact, a missing model, a busy output folder,
-a diverged run) and the invalid values the code refuses end in one line on stderr, `error: …`, naming the file, key
-or item and what to do, and exit status 2. `--debug` (anywhere on the command line) or `MMDD_DEBUG=1` shows the
+The toolkit's own errors (`common.errors.ToolkitError`: a bad config value, bad data, a damaged artefact, a missing
+model, a busy output folder, a diverged run) end in one line on stderr, `error: …`, naming the file, key or item and
+what to do, and exit status 2. `--debug` (anywhere on the command line) or `MMDD_DEBUG=1` shows the
 traceback instead. Anything else is a bug and keeps its traceback.
 """
 import os
 import sys
 
+from common.errors import ToolkitError
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def user_errors():
-    """The exception classes that mean "the input or the environment is wrong", not "the code is wrong"."""
-    from data.images import ImageReadError
-    from networks.captioner import CaptionerError
-    from networks.weights import ModelNotFoundError
-    from utils.edge import FinetuneError
-    from utils.generation import SampleError
-    from utils.io import FolderInUseError
-    # ValueError covers ConfigError, RecipeError, AnnotationError, DistilledSetError, TrajectoryError and the
-    # checks that raise it directly; OSError: unreadable inputs, unwritable outputs, a full disk.
-    return (ValueError, FloatingPointError, OSError, ImageReadError, CaptionerError, ModelNotFoundError,
-            FinetuneError, SampleError, FolderInUseError)
 
 
 def run(main, argv=None):
@@ -38,7 +26,7 @@ def run(main, argv=None):
             raise
         print("\ninterrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except user_errors() as err:
+    except ToolkitError as err:
         if debug:
             raise
         message = " ".join(str(err).split()) or type(err).__name__

@@ -1,19 +1,23 @@
-"""Run configuration: one YAML file, every key overridable from the command line.
+"""Run configuration: one YAML file, every key overridable from the command line, checked against the one schema
+(common/schema.py) before anything else runs.
 
-`--train.epochs 3` sets cfg["train"]["epochs"] = 3. Values are parsed as YAML scalars, so
-`--x.flag false` is the boolean False (unlike argparse's `type=bool`), `1e-3` is a float and
-`null` is None. Unknown keys are errors: a typo must not silently fall back to a default.
+`--buffer.epochs 3` sets cfg["buffer"]["epochs"] = 3. Values are parsed as YAML scalars, so `--x.flag false` is the
+boolean False (unlike argparse's `type=bool`), `1e-3` is a float and `null` is None. Unknown keys and sections are
+errors, in a file as on the command line: a typo must not silently fall back to a default. After the check every key
+of a section the config has (and of every section that needs no path) holds a value, its own or the schema's
+default, so code reads cfg[section][key].
 """
 import argparse
 import copy
+import difflib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from common.errors import ConfigError
+from common.schema import REQUIRED, SECTIONS, TOP, one_of
 
 
 class _Loader(yaml.SafeLoader):
@@ -30,15 +34,38 @@ def _parse(text):
     return yaml.load(text, Loader=_Loader)
 
 
-def load_config(path, overrides=()):
-    """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings).
+class Schema:
+    """The sections and top-level keys of common/schema.py, with the distill keys of each registered method
+    (`method_keys`: {method: {key: Key}}, from methods.method_keys())."""
+
+    def __init__(self, method_keys=None):
+        self.method_keys = method_keys or {}
+
+    def keys(self, section, values=None):
+        """{key: Key} of `section` (None: the top level); for distill, the loop's and those of `values`' method."""
+        if section is None:
+            return TOP
+        keys = dict(SECTIONS.get(section, {}))
+        if section == "distill" and self.method_keys:
+            keys["method"] = replace(keys["method"], check=one_of(*self.method_keys))
+            keys.update(self.method_keys.get((values or {}).get("method"), {}))
+        return keys
+
+    def owners(self, key):
+        """The methods that declare distill key `key`."""
+        return [name for name, keys in self.method_keys.items() if key in keys]
+
+
+def load_config(path, overrides=(), schema=None):
+    """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings); with `schema`, check it and fill in
+    the defaults (`resolve`).
 
     A config may start from another one: `base: buffer.yaml` (relative to the file) reads that first and
     lays this file's sections over it, key by key."""
     cfg = _read(Path(path).resolve(), seen=())
     for key, value in overrides:
-        set_dotted(cfg, key, value, source=str(path))
-    return cfg
+        set_dotted(cfg, key, value, source=str(path), schema=schema)
+    return resolve(cfg, schema, str(path)) if schema else cfg
 
 
 def _read(path, seen):
@@ -64,8 +91,8 @@ def _merge(base, over):
     return out
 
 
-def set_dotted(cfg, dotted_key, raw_value, source="config"):
-    """Set cfg[a][b][c] for 'a.b.c'; the key must already exist in the config."""
+def set_dotted(cfg, dotted_key, raw_value, source="config", schema=None):
+    """Set cfg[a][b] for 'a.b'; the key must exist in the config or, with `schema`, be declared there."""
     *parents, leaf = dotted_key.split(".")
     node = cfg
     for i, part in enumerate(parents):
@@ -73,21 +100,95 @@ def set_dotted(cfg, dotted_key, raw_value, source="config"):
             where = ".".join(parents[: i + 1])
             raise ConfigError(f"unknown config section '{where}' in override --{dotted_key} ({source})")
         node = node[part]
-    if leaf not in node:
+    declared = schema is not None and len(parents) <= 1 and leaf in schema.keys(parents[0] if parents else None, node)
+    if leaf not in node and not declared:
         known = ", ".join(sorted(node)) or "none"
         raise ConfigError(f"unknown config key '{dotted_key}' ({source}); known keys here: {known}")
     node[leaf] = _parse(raw_value) if isinstance(raw_value, str) else raw_value
 
 
-def parse_args(argv=None, description=None, extra=None):
-    """Parse `--config FILE` plus dotted overrides; `extra(parser)` may add script-specific flags.
+def _unknown(name, known, what):
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {what} '{name}'" + (f" (did you mean {close[0]}?)" if close else "")
 
-    Returns (cfg, args). Flags the script declares are parsed by argparse; everything else of the
-    form `--a.b value`, `--a.b=value` or `--key value` is an override of the YAML config.
+
+def resolve(cfg, schema, source="config"):
+    """Check every key of `cfg` against `schema` and fill in the defaults; one ConfigError names every problem."""
+    problems = []
+    sections = [name for name, value in cfg.items() if name not in TOP]
+    for name in sections:
+        if name not in SECTIONS:
+            problems.append(_unknown(name, [*SECTIONS, *TOP], "config section or top-level key") + f" in {source}")
+        elif not isinstance(cfg[name], dict):
+            problems.append(f"config section {name} must be a mapping of keys to values, not {cfg[name]!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    for name, keys in SECTIONS.items():  # a section the config lacks is all defaults, if it can be
+        if name not in cfg and all(key.default is not REQUIRED for key in keys.values()):
+            cfg[name] = {}
+            sections.append(name)
+    for section in [None, *sections]:
+        values = cfg if section is None else cfg[section]
+        keys = schema.keys(section, values)
+        prefix = f"{section}." if section else ""
+        for key in [] if section is None else values:
+            if key not in keys:
+                owners = schema.owners(key) if section == "distill" else []
+                problems.append(f"distill.{key} is a key of {', '.join(owners)}, not of distill.method "
+                                f"{values.get('method')!r}" if owners else
+                                _unknown(f"{prefix}{key}", [f"{prefix}{k}" for k in keys], "config key") +
+                                f" in {source}")
+        for key, spec in keys.items():
+            if key not in values:
+                if spec.default is REQUIRED:
+                    problems.append(f"{prefix}{key} is required ({spec.help}) and {source} does not set it")
+                else:
+                    values[key] = copy.deepcopy(spec.default)
+                continue
+            ok, wanted = spec.check(values[key])
+            if not ok:
+                problems.append(f"{prefix}{key} must be {wanted}, not {values[key]!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def resolved_section(name, values):
+    """One section (`data`, `model`, … not `distill`) checked and with its defaults: for a library function given a
+    section alone."""
+    return resolve({name: dict(values)}, Schema(), f"the {name} section")[name]
+
+
+def _keys_help(schema, sections):
+    """The `--help` text of the keys of `sections`: default and one line each; distill's per method."""
+    def lines(prefix, keys):
+        for key, spec in keys.items():
+            default = "required" if spec.default is REQUIRED else f"default {spec.default!r}"
+            recipe = f"; null: the recipe's (ours {spec.recipe[0]!r}, reference {spec.recipe[1]!r})" \
+                if spec.recipe else ""
+            yield f"  --{prefix}{key:<26} {spec.help} ({default}{recipe})"
+    out = ["config keys (--section.key value overrides the config file):"]
+    out += lines("", TOP)
+    for section in sections:
+        out += lines(f"{section}.", SECTIONS[section])
+        if section == "distill":
+            for method, keys in schema.method_keys.items():
+                out += [f" distill.method {method} also reads:"] + list(lines("distill.", keys))
+    return "\n".join(out)
+
+
+def parse_args(argv=None, description=None, extra=None, reads=(), method_keys=None):
+    """Parse `--config FILE` plus dotted overrides; `extra(parser)` may add script-specific flags; `reads`: the
+    config sections the script reads (listed by --help); `method_keys`: the registry's (methods.method_keys()).
+
+    Returns (cfg, args), cfg checked and completed (`resolve`). Flags the script declares are parsed by argparse;
+    everything else of the form `--a.b value`, `--a.b=value` or `--key value` is an override of the YAML config.
     """
+    schema = Schema(method_keys)
+    example = f"--{reads[0]}.{next(iter(SECTIONS[reads[0]]))} VALUE" if reads else "--section.key VALUE"
     parser = argparse.ArgumentParser(
         description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any config key can be overridden with --section.key value, e.g. --train.epochs 3.")
+        epilog=f"Any config key can be overridden, e.g. {example}.\n\n{_keys_help(schema, reads)}")
     parser.add_argument("--config", required=True, help="YAML config file")
     if extra:
         extra(parser)
@@ -107,10 +208,8 @@ def parse_args(argv=None, description=None, extra=None):
             key, value = token[2:], rest[i + 1]
             i += 2
         overrides.append((key, value))
-    from utils.validate import check_config  # it builds on this module
     try:
-        cfg = load_config(args.config, overrides)
-        check_config(cfg)
+        cfg = load_config(args.config, overrides, schema)
     except ConfigError as err:
         parser.error(str(err))
     return cfg, args
@@ -118,5 +217,5 @@ def parse_args(argv=None, description=None, extra=None):
 
 def save_config(cfg, path):
     """Write the resolved config next to an output (atomically)."""
-    from utils.io import atomic_write_text
+    from common.io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False))

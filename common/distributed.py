@@ -14,10 +14,17 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from utils.training import pick_device
+from common.errors import InputError
 
 BACKENDS = ("nccl", "gloo")
 TIMEOUT_MINUTES = 30
+
+
+def pick_device(name="auto"):
+    """The torch device of a config's `device`: auto (a GPU when there is one), cpu, cuda, cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def launched():
@@ -63,10 +70,10 @@ def choose_backend(device):
     """nccl for GPU processes, gloo for CPU ones, unless MMDD_BACKEND says which."""
     wanted = os.environ.get("MMDD_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
     if wanted not in BACKENDS:
-        raise ValueError(f"MMDD_BACKEND={wanted!r}: choose nccl (GPUs) or gloo (CPUs), or unset it")
+        raise InputError(f"MMDD_BACKEND={wanted!r}: choose nccl (GPUs) or gloo (CPUs), or unset it")
     if wanted == "nccl" and (device.type != "cuda" or not dist.is_nccl_available()):
         why = "this run computes on the CPU" if torch.cuda.is_available() else "no GPU is visible to torch here"
-        raise ValueError(f"the nccl backend (MMDD_BACKEND=nccl) needs one GPU per process, but {why}; use "
+        raise InputError(f"the nccl backend (MMDD_BACKEND=nccl) needs one GPU per process, but {why}; use "
                          f"MMDD_BACKEND=gloo (or unset it) to run the processes on the CPU")
     return wanted
 
@@ -78,7 +85,7 @@ def timeout():
     except ValueError:
         minutes = -1.0
     if not minutes > 0:
-        raise ValueError(f"MMDD_TIMEOUT={raw!r}: the minutes a collective may wait, a number > 0 (default "
+        raise InputError(f"MMDD_TIMEOUT={raw!r}: the minutes a collective may wait, a number > 0 (default "
                          f"{TIMEOUT_MINUTES})")
     return timedelta(minutes=minutes)
 

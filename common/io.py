@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from common.errors import BusyError, OutputError
 
 
 def _umask():
@@ -24,7 +27,7 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's te
 LOCK_FILE = ".lock"  # in a folder a run is writing into (folder_lock)
 
 
-class FolderInUseError(RuntimeError):
+class FolderInUseError(BusyError):
     pass
 
 
@@ -32,17 +35,28 @@ class FolderInUseError(RuntimeError):
 def atomic_path(path):
     """Yield a temporary path in the destination folder; rename it onto `path` only on success (with the mode a
     new file gets under the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}{_free_space(path.parent)}; "
+                          f"the file is as it was before") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _free_space(folder):
+    """', N MiB free on its disk' for a message about a failed write, or '' when the disk cannot be asked."""
+    try:
+        return f", {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free on its disk"
+    except OSError:
+        return ""
 
 
 @contextmanager

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import ConfigError
+from common.config import ConfigError
 
 FLUSH_SECONDS = 30  # how stale the live view may be
 
 
 class TensorBoardMissing(ConfigError, ImportError):
     """log.tensorboard is set but the package is not installed: an ImportError by nature, and a ConfigError
-    (a ValueError) so that utils.cli reports it as a user error in one line naming the key and the fix."""
+    (a ValueError) so that common.cli reports it as a user error in one line naming the key and the fix."""
 
 
 def tensorboard_dir(cfg):
@@ -67,10 +67,10 @@ class NoLog:
 
     def iteration(self, step, loss, lrs, grads, similarity=None, params=None):
         """One distillation iteration: the matching loss, the learned lrs {tower: tensor}, the norm of each
-        gradient {name: tensor} and, for a learned `similarity` (utils.similarity) over `params`, S statistics."""
+        gradient {name: tensor} and, for a learned `similarity` (training.similarity) over `params`, S statistics."""
 
     def picture(self, step, tag, png):
-        """A PNG already drawn (utils/visuals.py: the grid, the heat map) as an image."""
+        """A PNG already drawn (common/visuals.py: the grid, the heat map) as an image."""
 
     def close(self):
         pass

@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.io import atomic_path
+from common.io import atomic_path
 
 CAPTION_LINES = 3  # lines of caption under each tile; longer captions end in an ellipsis
 FONT_SIZE = 10

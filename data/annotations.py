@@ -17,7 +17,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.io import hash_strings
+from common.config import resolved_section
+from common.errors import InputError
+from common.io import hash_strings
 
 # Bump when preprocess_caption changes: cached text features depend on it.
 PREPROCESS_VERSION = 1
@@ -30,7 +32,7 @@ _JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "numbe
                list: "list", dict: "object"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     pass
 
 
@@ -256,5 +258,6 @@ def load_split(data_cfg, split):
         raise AnnotationError(
             f"data.name must be a plain name (a letter or digit, then letters, digits, '_', '.' or '-'), found "
             f"{_found(name)}; it becomes part of cache file names, so pick one such as 'coco'")
-    return read_split(data_cfg["annotations"], split, data_cfg["image_root"], name, data_cfg.get("max_words", 30),
-                      data_cfg.get("allow_outside_root", False))
+    data_cfg = resolved_section("data", data_cfg)
+    return read_split(data_cfg["annotations"], split, data_cfg["image_root"], name, data_cfg["max_words"],
+                      data_cfg["allow_outside_root"])

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from common.errors import ConfigError
+from common.io import atomic_path, hash_strings, read_tensor_file
 from data.images import ImageReadError, load_image
-from utils.io import atomic_path, hash_strings, read_tensor_file
 
 # Bump when what is stored changes (load_image, the train view's shrink): every existing cache is then rebuilt.
 CACHE_VERSION = 1
@@ -91,7 +92,7 @@ class Store:
             return cls(resize=first)
         if isinstance(first, T.RandomResizedCrop):
             return cls(side=round(TRAIN_SIDE * min(first.size)))
-        raise ValueError(f"data.image_cache: a transform starting with {type(first).__name__} has no cached form: "
+        raise ConfigError(f"data.image_cache: a transform starting with {type(first).__name__} has no cached form: "
                          f"only build_transform's (an S×S resize or a random-resized crop first) are cached; set "
                          f"data.image_cache: false")
 

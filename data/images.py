@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from common.errors import InputError
+
 # Captioning datasets hold images under 1 megapixel (COCO at most 640×640) and 40 MP covers phone and most camera
 # photos, while a bigger one (or a decompression bomb whose header claims 10,000×10,000) would take hundreds of MB
 # per loader worker to decode for a 224-pixel input: it is refused from its header, before decoding.
@@ -20,7 +22,7 @@ MAX_PIXELS = 40_000_000
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError):
     pass
 
 

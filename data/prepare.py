@@ -24,10 +24,11 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data.annotations import SPLITS, AnnotationError, split_entries, load_split
+from common.cli import run
+from common.config import ConfigError, load_config, resolved_section
+from common.errors import InputError
+from data.annotations import SPLITS, AnnotationError, load_split, split_entries
 from data.images import MAX_PIXELS, ImageReadError, load_image
-from utils.cli import run
-from utils.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Karpathy's splits, (images, captions) per split; COCO's train includes restval, as data/annotations.py reads it.
@@ -62,12 +63,13 @@ class Report:
 
 def check_download(data_cfg, expected=None, full_decode=False, workers=16):
     """Report on the dataset the `data` section of a config describes; `expected`: split -> (images, captions)."""
+    data_cfg = resolved_section("data", data_cfg)
     root, annotations = data_cfg["image_root"], data_cfg["annotations"]
     if not os.path.isdir(root):
-        raise ValueError(f"image root {root} is not a folder; pass --image-root DIR (or set data.image_root)")
+        raise InputError(f"image root {root} is not a folder; pass --image-root DIR (or set data.image_root)")
     report = Report(data_cfg["name"])
     files = {split: _split_file(annotations, split) for split in SPLITS}
-    entries = {split: split_entries(path, split, os.path.abspath(root), data_cfg.get("allow_outside_root", False))
+    entries = {split: split_entries(path, split, os.path.abspath(root), data_cfg["allow_outside_root"])
                for split, path in files.items()}
     kinds = " + ".join(sorted({_format(path) for path in files.values()}))
     report.add("annotation format", "Karpathy or BLIP-style",
@@ -189,12 +191,12 @@ def _first(items, limit):
 def data_section(dataset=None, config=None, image_root=None, annotations=None):
     """The `data` section to check: a dataset's configs/<dataset>/buffer.yaml, or any config, with overrides."""
     if (dataset is None) == (config is None):
-        raise ValueError("name a dataset (e.g. flickr30k or coco) or pass --config FILE, one of the two")
+        raise InputError("name a dataset (e.g. flickr30k or coco) or pass --config FILE, one of the two")
     if dataset is not None:
         config = CONFIGS / dataset / "buffer.yaml"
         if not config.is_file():
             known = ", ".join(sorted(p.parent.name for p in CONFIGS.glob("*/buffer.yaml")))
-            raise ValueError(f"unknown dataset '{dataset}': known ones are {known}; for another, pass --config FILE")
+            raise InputError(f"unknown dataset '{dataset}': known ones are {known}; for another, pass --config FILE")
     data = dict(load_config(config).get("data") or {})
     data.update({k: v for k, v in (("image_root", image_root), ("annotations", annotations)) if v is not None})
     for key, flag in (("name", "--config"), ("image_root", "--image-root"), ("annotations", "--annotations")):
@@ -212,7 +214,7 @@ def _annotations_arg(values):
         return {m[1]: m[2] for m in pairs}
     if len(values) == 1:
         return values[0]
-    raise ValueError(f"--annotations takes one file, or split=FILE for each split (e.g. train=a.json val=b.json "
+    raise InputError(f"--annotations takes one file, or split=FILE for each split (e.g. train=a.json val=b.json "
                      f"test=c.json), not {' '.join(values)}")
 
 
@@ -229,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=16, help="threads checking files (default 16)")
     args = parser.parse_args(argv)
     if args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+        raise InputError(f"--workers must be at least 1, not {args.workers}")
     data = data_section(args.dataset, args.config, args.image_root, _annotations_arg(args.annotations))
     files = data["annotations"]
     files = ", ".join(f"{k}={v}" for k, v in files.items()) if isinstance(files, dict) else files

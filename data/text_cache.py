@@ -10,11 +10,11 @@ is stale: it is rebuilt (and the reason printed), never silently reused.
 import re
 from pathlib import Path
 
-from safetensors import safe_open
 import torch
+from safetensors import safe_open
 
+from common.io import read_tensor_file, save_tensors
 from data.annotations import PREPROCESS_VERSION
-from utils.io import read_tensor_file, save_tensors
 
 NOISE_SEED = 0  # encoding m of a noisy cache runs under seed NOISE_SEED + m
 

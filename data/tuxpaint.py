@@ -20,8 +20,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from common.cli import run
 from data.images import composite_on_white
-from utils.cli import run
 
 log = logging.getLogger(__name__)
 

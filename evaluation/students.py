@@ -17,9 +17,10 @@ import torch
 from torch.func import grad_and_value, vmap
 from tqdm import tqdm
 
-from utils.distributed import gather, share
-from utils.losses import get_loss
-from utils.training import tower_lrs, tower_optimizer
+from common.distributed import gather, share
+from common.errors import DivergedError
+from training.fit import tower_lrs, tower_optimizer
+from training.losses import get_loss
 
 PROTOCOLS = ("last epoch", "val-selected", "as published")
 
@@ -49,7 +50,7 @@ def train_students(ctx, dset, ecfg, seeds, on_checkpoint=None, desc="student"):
     optimizer = tower_optimizer(*params, lrs["image"], lrs["text"], ecfg["momentum"], ecfg["weight_decay"])
     epochs = ecfg["epochs"]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [epochs // 2], 0.1)
-    checkpoints = checkpoint_epochs(epochs, ecfg.get("checkpoint_every", 10)) if on_checkpoint else []
+    checkpoints = checkpoint_epochs(epochs, ecfg["checkpoint_every"]) if on_checkpoint else []
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     batch = min(ecfg["batch_size"], len(dset))
     for epoch in tqdm(range(epochs + 1), desc=desc, leave=False):
@@ -68,7 +69,7 @@ def train_students(ctx, dset, ecfg, seeds, on_checkpoint=None, desc="student"):
             optimizer.step()
         schedule.step()
         if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"{desc}: training loss became {loss.tolist()} at epoch {epoch + 1} "
+            raise DivergedError(f"{desc}: training loss became {loss.tolist()} at epoch {epoch + 1} "
                                      f"(learning rates {lrs})")
     return students
 
@@ -124,7 +125,7 @@ def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
     Under torchrun the groups of students are spread over the ranks (group g on rank g mod world size), and every
     rank returns all the curves: a student depends on its group only, so the curves are the single process's."""
     seeds = list(range(ecfg["students"]))
-    size = max(1, ecfg.get("together", 1))
+    size = max(1, ecfg["together"])
     mine = {}
     for group in share(seeds[i:i + size] for i in range(0, len(seeds), size)):
         scored = [scorer(ctx, splits) for _ in group]

@@ -1,15 +1,33 @@
-"""Coreset selection (METHOD §6): which N real training pairs to keep.
+"""Coreset selection (METHOD §6): which N real training pairs to keep, as a distilled set with S = I.
 
-`herding` and `k_center` work on one feature row per pair (coreset.py uses an expert's joint image–text
-features); `ForgettingCounter` counts, per pair, how often it was forgotten while an expert trained.
-All return indices into the rows they were given.
+- random: N pairs drawn with a seed (the same draw as distillation's initial set);
+- herding, k-center: on the joint (image, text) embeddings of an expert snapshot (`joint_embeddings`);
+- forgetting: replays expert 0's training (buffer.* recipe and seed), counting per pair how often it was
+  forgotten (`ForgettingCounter`), and keeps the N forgotten most often.
+`herding` and `k_center` return indices into the rows they were given; `select` into the training split's captions.
 """
+import math
+
 import torch
+
+from artefacts.pairs import random_pairs
+from common.errors import InputError
+from training.experts import expert_seed, expert_students, fit_expert
+from training.fit import encode_split
+from training.trajectories import expert_path
+
+CORESETS = ("random", "herding", "k-center", "forgetting")
+# METHOD §8 (NFNet-l0 + BERT): the random coreset's "IR@1/5/10 · TR@1/5/10", as the papers report it (last epoch)
+PUBLISHED = {"random": ("last epoch", {
+    "flickr30k": {100: "1.0/4.0/6.5 · 1.3/5.9/10.1", 200: "1.1/4.8/9.2 · 2.1/8.7/13.2",
+                  500: "2.4/10.5/17.4 · 5.2/18.3/25.7", 1000: "3.8/11.8/19.9 · 5.2/15.6/21.4"},
+    "coco": {100: "0.3/1.3/2.7 · 0.8/3.0/5.0", 200: "0.6/2.3/4.4 · 1.0/4.0/7.2",
+             500: "1.1/5.0/8.7 · 1.9/7.5/12.5", 1000: "1.5/5.6/9.6 · 1.9/7.6/12.7"}})}
 
 
 def _check_budget(n, available):
     if not 1 <= n <= available:
-        raise ValueError(f"budget {n}: the pool holds {available} pairs; choose a budget from 1 to {available}")
+        raise InputError(f"budget {n}: the pool holds {available} pairs; choose a budget from 1 to {available}")
 
 
 def herding(features, n):
@@ -82,3 +100,38 @@ def pairs_right(logits):
     own image first."""
     own = torch.arange(len(logits), device=logits.device)
     return (logits.argmax(1) == own) & (logits.argmax(0) == own)
+
+
+def joint_embeddings(ctx, student):
+    """One row per training pair (caption): its image's and its caption's normalised embeddings, side by side."""
+    train = ctx.splits["train"]
+    images, texts = encode_split(student, train, ctx.features["train"], ctx.test_transform, ctx.device,
+                                 image_cache=ctx.image_cache)
+    return torch.cat([images[torch.as_tensor(train.caption_image)], texts], dim=1).cpu() / math.sqrt(2)
+
+
+def forgetting_counts(ctx):
+    """Forgetting events of every training pair over a replay of expert 0's training."""
+    counter = ForgettingCounter(len(ctx.splits["train"].captions))
+    seed = expert_seed(ctx.cfg["buffer"]["seed"], 0)
+    fit_expert(ctx, seed, lambda *_: None, name="forgetting run",
+               on_batch=lambda captions, logits: counter.update(captions, pairs_right(logits)))
+    return counter
+
+
+def select(ctx, method, budget, seed, expert=None, expert_epoch=None):
+    """(caption indices of the chosen pairs, what to record about the choice)."""
+    available = len(ctx.splits["train"].captions)
+    if not 1 <= budget <= available:
+        raise InputError(f"--budget {budget}: the training split has {available} pairs; choose 1 to {available}")
+    if method == "random":
+        return random_pairs(ctx.splits["train"], budget, seed), {}
+    if method == "forgetting":
+        return forgetting_counts(ctx).most_forgotten(budget, seed), {"expert_seed": expert_seed(
+            ctx.cfg["buffer"]["seed"], 0)}
+    expert = expert or expert_path(ctx.cfg["buffer"]["out_dir"], 0)
+    students, meta = expert_students(ctx, expert, None if expert_epoch is None else [expert_epoch])
+    epoch, student = students[-1]
+    features = joint_embeddings(ctx, student)
+    picks = herding(features, budget) if method == "herding" else k_center(features, budget, seed)
+    return picks, {"expert": str(expert), "expert_epoch": epoch}

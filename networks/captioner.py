@@ -8,12 +8,13 @@ A captioner is called as `captioner(images, captions, n, seed)` → n new captio
 """
 import torch
 
+from common.errors import BusyError
 from networks.generator import load_pretrained
 
 KINDS = ("image-to-text", "paraphrase")
 
 
-class CaptionerError(RuntimeError):
+class CaptionerError(BusyError):
     pass
 
 

@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
-from utils.io import hash_state
+from common.io import hash_state
 from networks.weights import ModelNotFoundError, resolve_image_weights, resolve_text_encoder, text_encoder_hint
 
 

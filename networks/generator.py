@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import InputError
 from networks.weights import ModelNotFoundError
 
 TRAINABLE = ("bias-norm", "lora")
@@ -80,7 +81,7 @@ def load_generator(spec):
                     tokenizer=load_pretrained(AutoTokenizer, spec, what, subfolder="tokenizer"),
                     scheduler=load_pretrained(DDPMScheduler, spec, what, subfolder="scheduler"))
     if gen.scheduler.config.prediction_type != "epsilon":
-        raise ValueError(f"{spec}: EDGE's clean estimate needs an ε-prediction model, this one predicts "
+        raise InputError(f"{spec}: EDGE's clean estimate needs an ε-prediction model, this one predicts "
                          f"{gen.scheduler.config.prediction_type}")
     for module in (gen.unet, gen.vae, gen.text_encoder):
         module.requires_grad_(False).eval()
@@ -110,7 +111,7 @@ def _is_norm(module):
 def make_trainable(unet, mode="bias-norm", lora_rank=4):
     """Freeze the denoiser except what EDGE trains; returns {name: parameter} of the trainable ones."""
     if mode not in TRAINABLE:
-        raise ValueError(f"edge.trainable must be one of {', '.join(TRAINABLE)}, not {mode!r}")
+        raise InputError(f"edge.trainable must be one of {', '.join(TRAINABLE)}, not {mode!r}")
     unet.requires_grad_(False)
     if mode == "lora":
         targets = [(name, m) for name, m in unet.named_modules()

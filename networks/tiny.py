@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import InputError
 from networks.weights import resolve_text_encoder
 
 WIDTH = 32
@@ -38,7 +39,7 @@ def build_generator(out, resolution):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     if resolution % 4:
-        raise ValueError(f"the tiny VAE downsamples by 4: --resolution must be a multiple of 4, not {resolution}")
+        raise InputError(f"the tiny VAE downsamples by 4: --resolution must be a multiple of 4, not {resolution}")
     tokenizer = _tokenizer()
     UNet2DConditionModel(
         sample_size=resolution // 4, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=8,

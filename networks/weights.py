@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from utils.io import atomic_path
+from common.errors import ToolkitError
+from common.io import atomic_path
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(ToolkitError, RuntimeError):
     pass
 
 

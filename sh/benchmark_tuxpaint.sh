@@ -62,10 +62,10 @@ for budget in $BUDGETS; do
     start=$OUT/${method}-start_$budget/distilled.safetensors
     evaluate "${method}-start_$budget.json" $config --distilled "$start"
     # and at the distilled set's learned lrs (per tower), so that a gain cannot come from the lrs alone
-    learned=$($PY -c "from data.distilled import load_distilled
+    learned=$($PY -c "from artefacts.distilled import load_distilled
 lrs = load_distilled('$OUT/${method}_$budget/distilled.safetensors').lrs
 print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
     evaluate "${method}-start-learned-lr_$budget.json" $config --distilled "$start" --evaluate.lr_grid "$learned"
   done
 done
-$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"
+$PY report.py "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Expert recipes on Tux Paint (docs/tuxpaint.md, "Expert recipes"): for each recipe, 3 experts × 8 epochs, the buffer
-# diagnostic (python -m utils.trajectories), one full-data student scored on val and test after every epoch; then
+# diagnostic (python -m training.trajectories), one full-data student scored on val and test after every epoch; then
 # LoRS / RepBlend distillations (budget 50, 3 students) on the two recipes the demo chose between, each beside its
 # iteration-0 control. Results in OUT (default runs/recipes); finished steps are kept when rerun. About 1 h on 2 cores.
 set -euo pipefail
@@ -15,7 +15,7 @@ recipe() {  # name config batch lr_image lr_text momentum augment image_size [mo
   local keys=(--buffer.epochs 8 --buffer.batch_size "$3" --buffer.lr_image "$4" --buffer.lr_text "$5"
               --buffer.momentum "$6" --buffer.augment "$7" --data.image_size "$8" "${@:9}")
   $PY buffer.py --config "$config" --buffer.out_dir "$OUT/$name" --buffer.eval_every 0 "${keys[@]}"
-  $PY -m utils.trajectories "$OUT/$name" --json "$OUT/$name.stats.json"
+  $PY -m training.trajectories "$OUT/$name" --json "$OUT/$name.stats.json"
   [ -f "$OUT/$name.full.json" ] || $PY evaluate.py --config "$config" --full-data --out "$OUT/$name.full.json" "${keys[@]}"
 }
 full=configs/tuxpaint/buffer.yaml

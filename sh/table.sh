@@ -37,4 +37,4 @@ for budget in $BUDGETS; do
   fi
   sh/launch.sh evaluate.py "$configs/buffer.yaml" --distilled "${sets[@]}" --out "$OUT/budget_$budget.json"
 done
-$PY -m utils.report "$OUT"/*.json --protocol all --out "$OUT/report.md"
+$PY report.py "$OUT"/*.json --protocol all --out "$OUT/report.md"

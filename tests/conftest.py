@@ -4,6 +4,7 @@ import json
 import os
 import random
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def shared_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg(tux_slice, shared_cache, tmp_path):
     """The demo config shrunk to seconds: 32 px, 2 experts × 2 epochs, batch 8."""
-    from utils.config import load_config
+    from common.config import load_config
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
     cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
                        image_size=32)
@@ -85,7 +86,7 @@ def tiny_cfg(tux_slice, shared_cache, tmp_path):
 def slice_config(tux_slice, shared_cache):
     """slice_config(name, buffer_dir, **buffer): configs/tuxpaint/<name> on the slice, on the CPU, with a tiny expert
     section (1 expert × 2 epochs, batch 8, no test scoring) writing to buffer_dir."""
-    from utils.config import load_config
+    from common.config import load_config
 
     def build(name, buffer_dir, **buffer):
         cfg = load_config(ROOT / "configs" / "tuxpaint" / name)
@@ -101,8 +102,9 @@ def slice_config(tux_slice, shared_cache):
 def distill_base(tux_slice, shared_cache, tmp_path_factory):
     """`tiny_cfg` for the distillation tests, built once for the session, with its buffer (2 experts × 2 epochs,
     no test scoring) trained once."""
-    from utils.config import load_config
-    from utils.experts import run_buffer
+    from common.config import load_config
+    from training.experts import run_buffer
+
     # load_config, not yaml.safe_load: the latter reads `weight_decay: 5e-4` as the string "5e-4"
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "buffer.yaml")
     cfg["data"].update(name="tuxslice", annotations=str(tux_slice), image_root=str(TUXPAINT / "images"),
@@ -118,7 +120,8 @@ def distill_config(base_cfg, out_dir, **distill):
     """configs/tuxpaint/lors.yaml with the tiny data/model/buffer of `distill_base` and a tiny distill section
     (lr_sim 0.1: S measurably leaves the identity within a few iterations); 1-student, 2-epoch evaluation."""
     import copy
-    from utils.config import load_config
+
+    from common.config import load_config
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
     for key in ("data", "model", "buffer", "cache_dir", "device", "evaluate"):
         cfg[key] = copy.deepcopy(base_cfg[key])
@@ -129,3 +132,21 @@ def distill_config(base_cfg, out_dir, **distill):
     cfg["evaluate"].update(students=1, epochs=2)
     return cfg
 
+
+
+@contextmanager
+def killed_at(iteration):
+    """Inside the block, distillation is killed (KeyboardInterrupt, as Ctrl-C) when it reaches `iteration`."""
+    from methods.loop import Distillation
+    real_step = Distillation.step
+
+    def step(self, i):
+        if i == iteration:
+            raise KeyboardInterrupt
+        return real_step(self, i)
+    Distillation.step = step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Distillation.step = real_step

@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-import data.distilled as distilled
-from data.distilled import EXPORT_FORMAT, DistilledSet, DistilledSetError, export_distilled, load_distilled, \
-    save_distilled
-from utils.cli import run
-from utils.distillation import ExpertPool
-from utils.similarity import Similarity
-from utils.trajectories import TrajectoryError, expert_path, read_snapshots, save_expert
-from utils.visuals import to_uint8
+import artefacts.export as export_cli
+from artefacts.distilled import DistilledSet, DistilledSetError, load_distilled, save_distilled
+from artefacts.export import export_distilled
+from artefacts.folder import EXPORT_FORMAT
+from common.cli import run
+from common.visuals import to_uint8
+from methods.matching.segments import ExpertPool
+from training.similarity import Similarity
+from training.trajectories import TrajectoryError, expert_path, read_snapshots, save_expert
 
 SIZE, WIDTH = 8, 6
 
@@ -197,11 +198,11 @@ def test_the_export_command_refuses_and_overwrites(tmp_path, capsys):
     folder = _foreign_folder(tmp_path)
     before = _digests(folder)
     with pytest.raises(SystemExit) as exit_info:
-        run(distilled.main, [str(path), str(folder)])
+        run(export_cli.main, [str(path), str(folder)])
     assert exit_info.value.code == 2
     assert re.match(r"^error: export folder .*theirs is not empty .*--overwrite", capsys.readouterr().err)
     assert _digests(folder) == before
-    distilled.main([str(path), str(folder), "--overwrite"])
+    export_cli.main([str(path), str(folder), "--overwrite"])
     assert "4 pairs exported to" in capsys.readouterr().out
     _assert_export_of(_set(), folder)
 
@@ -211,7 +212,7 @@ def test_the_export_command_refuses_a_damaged_set(tmp_path, capsys):
     dset.images[0, 0, 0, 0] = float("inf")
     path = _saved(tmp_path, dset)
     with pytest.raises(SystemExit) as exit_info:
-        run(distilled.main, [str(path), str(tmp_path / "out")])
+        run(export_cli.main, [str(path), str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert re.match(r"^error: distilled set .*set\.safetensors: images holds NaN or Inf", capsys.readouterr().err)
     assert not (tmp_path / "out").exists()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import evaluate
-import utils.experts as experts
-from utils.experts import experts_of_rank, run_buffer
-from utils.trajectories import TrajectoryError, expert_files, expert_path, load_expert
+import training.experts as experts
+from training.experts import experts_of_rank, run_buffer
+from training.trajectories import TrajectoryError, expert_files, expert_path, load_expert
 
 
 def _digest(path):
@@ -134,6 +134,7 @@ def test_evaluate_reports_start_and_trained_snapshots(tiny_cfg, tmp_path, monkey
 def test_torchrun_shards_experts_over_processes(tiny_cfg, tmp_path):
     import subprocess
     import sys
+
     import yaml
     tiny_cfg["buffer"].update(num_experts=3, epochs=1, eval_every=0)
     cfg_file = tmp_path / "cfg.yaml"

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from utils.config import ConfigError, load_config, parse_args
+from common.config import ConfigError, load_config, parse_args
 
 
 @pytest.fixture
@@ -12,11 +12,14 @@ def cfg_file(tmp_path):
     return path
 
 
-def test_overrides_are_typed_like_yaml(cfg_file):
-    cfg, _ = parse_args(["--config", str(cfg_file), "--train.epochs", "3", "--train.augment", "false",
-                         "--train.lr=1e-3", "--train.name", "null", "--seed", "7"])
-    assert cfg["train"] == {"epochs": 3, "lr": 1e-3, "augment": False, "name": None}
-    assert cfg["seed"] == 7
+def test_overrides_are_typed_like_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"buffer": {"out_dir": "b", "epochs": 10, "lr_image": 0.1, "augment": True}}))
+    cfg, _ = parse_args(["--config", str(path), "--buffer.epochs", "3", "--buffer.augment", "false",
+                         "--buffer.lr_image=1e-3", "--buffer.drop_last", "null", "--device", "cpu"])
+    assert {k: cfg["buffer"][k] for k in ("epochs", "lr_image", "augment", "drop_last")} == \
+        {"epochs": 3, "lr_image": 1e-3, "augment": False, "drop_last": None}
+    assert cfg["device"] == "cpu"
 
 
 def test_boolean_false_is_false_not_truthy_string(cfg_file):

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import load_config
-from utils.context import trainable_mode
-from utils.distillation import resolve_method, synthetic_pairs
+from common.config import load_config
+from methods.matching import synthetic_pairs
+from methods.registry import resolve_method
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
@@ -31,7 +31,7 @@ def test_config_resolves(path):
     cfg = load_config(path)
     assert set(cfg["distill"]) == set(demo["distill"])
     assert {"data", "model", "buffer", "evaluate"} <= set(cfg)
-    d = resolve_method(cfg["distill"], trainable_mode(cfg))
+    d = resolve_method(cfg["distill"], cfg["model"]["trainable"])
     assert synthetic_pairs(d) == d["budget"] - (1 if d["method"] in ("lors", "repblend") else 0)
     assert d["max_start_epoch"] - 1 + d["expert_epochs"] <= cfg["buffer"]["epochs"]
     assert path.stem.split("_")[-1] in (str(d["budget"]), d["method"])  # e.g. lors_100, or tuxpaint/mtt-vl

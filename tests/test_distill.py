@@ -8,20 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
 from PIL import Image
 from safetensors import safe_open
 
-import utils.distillation as distillation
-from data.annotations import load_split, preprocess_caption, read_split
-from data.distilled import FORMAT, DistilledSetError, export_distilled, load_distilled, save_distilled
-from utils.context import RunContext
-from utils.distillation import Distiller, initial_set, resolve_method
-from utils.trajectories import TrajectoryError, expert_path
-from utils.visuals import to_uint8
-
+import methods.matching as matching
+from artefacts.distilled import FORMAT, DistilledSetError, load_distilled, save_distilled
+from artefacts.export import export_distilled
+from common.config import ConfigError
+from common.visuals import to_uint8
 from conftest import distill_config as distill_cfg
+from conftest import killed_at
+from data.annotations import load_split, preprocess_caption, read_split
+from methods.loop import Distillation
+from methods.matching import initial_set
+from methods.registry import resolve_method
+from training.context import RunContext
+from training.trajectories import TrajectoryError, expert_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
@@ -58,7 +62,7 @@ def ctx(base_cfg):
 def lors_run(base_cfg, ctx, tmp_path_factory):
     """LoRS (exact meta-gradient), 4 iterations without interruption: (cfg, out_dir, the returned set)."""
     cfg = distill_cfg(base_cfg, tmp_path_factory.mktemp("lors") / "A")
-    dset = Distiller.from_context(ctx, cfg, log=_quiet).run()
+    dset = Distillation.from_context(ctx, cfg, log=_quiet).run()
     return cfg, Path(cfg["distill"]["out_dir"]), dset
 
 
@@ -81,16 +85,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
     _, out_a, _ = lors_run
     cfg = distill_cfg(base_cfg, tmp_path / "B")
     out_b = tmp_path / "B"
-    real_step = Distiller.step
-
-    def killed_at_3(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return real_step(self, iteration)
-
-    monkeypatch.setattr(Distiller, "step", killed_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
+    with killed_at(3):
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
     checkpoint = out_b / "checkpoint.safetensors"
     saved, extras = load_distilled(checkpoint, with_extras=True)
     assert saved.meta["iteration"] == 2 and len(saved.meta["losses"]) == 2
@@ -100,14 +96,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
     stale = out_b / ".checkpoint.safetensors.abc.tmp"
     stale.write_bytes(b"half-written by a killed process")
 
-    steps, logged = [], []
+    steps, logged, real_step = [], [], Distillation.step
 
     def counted(self, iteration):
         steps.append(iteration)
         return real_step(self, iteration)
 
-    monkeypatch.setattr(Distiller, "step", counted)
-    Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
+    monkeypatch.setattr(Distillation, "step", counted)
+    Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
     assert steps == [2, 3]  # resumed, not redone from the start
     assert any("at iteration 2" in line for line in logged)
     _assert_same_final(out_a / "distilled.safetensors", out_b / "distilled.safetensors")
@@ -121,8 +117,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
 
 def test_set_returned_after_resume_describes_the_finished_run(base_cfg, ctx, tmp_path):
     out = tmp_path / "run"
-    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=1, checkpoint_every=1), log=_quiet).run()
-    returned = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2, checkpoint_every=1),
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=1, checkpoint_every=1), log=_quiet).run()
+    returned = Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2, checkpoint_every=1),
                                       log=_quiet).run()
     assert load_distilled(out / "distilled.safetensors").meta["iteration"] == 2
     assert returned.meta.get("iteration", 2) == 2  # an uninterrupted run's set has no "iteration" at all
@@ -137,7 +133,7 @@ def test_set_returned_after_resume_describes_the_finished_run(base_cfg, ctx, tmp
 ])
 def test_methods_learn_their_kind_of_set(base_cfg, ctx, tmp_path, method, metagrad, kind, loss, reserve):
     cfg = distill_cfg(base_cfg, tmp_path / method, method=method, metagrad=metagrad, iterations=2)
-    dset = Distiller.from_context(ctx, cfg, log=_quiet).run()
+    dset = Distillation.from_context(ctx, cfg, log=_quiet).run()
     out = tmp_path / method
     saved = load_distilled(out / "distilled.safetensors", ctx.identity())
     n = cfg["distill"]["budget"] - reserve
@@ -169,7 +165,7 @@ def test_empty_buffer_is_refused(base_cfg, ctx, tmp_path):
     (tmp_path / "empty").mkdir()
     cfg["buffer"]["out_dir"] = str(tmp_path / "empty")
     with pytest.raises(TrajectoryError, match="no expert files"):
-        Distiller.from_context(ctx, cfg, log=_quiet)
+        Distillation.from_context(ctx, cfg, log=_quiet)
     assert not (tmp_path / "out").exists()
 
 
@@ -184,7 +180,7 @@ def test_damaged_expert_file_is_named(base_cfg, ctx, tmp_path, damage):
     cfg = distill_cfg(base_cfg, tmp_path / "out")
     cfg["buffer"]["out_dir"] = str(buffer)
     with pytest.raises(TrajectoryError, match=r"expert_001\.safetensors is unreadable"):
-        Distiller.from_context(ctx, cfg, log=_quiet)
+        Distillation.from_context(ctx, cfg, log=_quiet)
     assert not (tmp_path / "out").exists()
 
 
@@ -193,7 +189,7 @@ def test_buffer_of_another_image_size_is_refused(base_cfg, tmp_path):
     cfg["data"]["image_size"] = 64
     message = r"expert_000\.safetensors was made with image_size = 32, but this run uses 64"
     with pytest.raises(TrajectoryError, match=message):
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
     assert not (tmp_path / "out").exists()
 
 
@@ -202,7 +198,7 @@ def test_budget_larger_than_the_training_split_is_refused(base_cfg, ctx, tmp_pat
     available = len(ctx.splits["train"].captions)
     message = rf"9999 synthetic pairs \(lors\), but the training split has {available} pairs"
     with pytest.raises(ValueError, match=message):
-        Distiller.from_context(ctx, cfg, log=_quiet)
+        Distillation.from_context(ctx, cfg, log=_quiet)
     assert not (tmp_path / "out").exists()
 
 
@@ -212,11 +208,11 @@ def _snapshot(folder):
 
 def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path, monkeypatch):
     out = tmp_path / "nan"
-    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
     before = _snapshot(out)
     assert {"checkpoint.safetensors", "distilled.safetensors", "grid_00002.png"} <= set(before)
 
-    real = distillation.meta_gradient
+    real = matching.meta_gradient
     calls = []
 
     def nan_on_second_call(*args, **kwargs):
@@ -224,33 +220,33 @@ def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path,
         calls.append(loss.item())
         return (loss * float("nan") if len(calls) == 2 else loss), syn_grads, lr_grads
 
-    monkeypatch.setattr(distillation, "meta_gradient", nan_on_second_call)
+    monkeypatch.setattr(matching, "meta_gradient", nan_on_second_call)
     longer = distill_cfg(base_cfg, out, iterations=4)
     # resumed at 2: iteration 2 goes through (not a checkpoint), iteration 3 (0-based) gets the NaN
     with pytest.raises(FloatingPointError, match=r"distillation iteration 3: the matching loss is nan; nothing was "
                                                  r"written after the last checkpoint"):
-        Distiller.from_context(ctx, longer, log=_quiet).run()
+        Distillation.from_context(ctx, longer, log=_quiet).run()
     assert len(calls) == 2
     after = _snapshot(out)
     assert after == before  # checkpoint, config, first run's distilled set and pictures untouched, nothing new
     assert _temporaries(out) == []
 
-    monkeypatch.setattr(distillation, "meta_gradient", real)  # the same command, once the cause is gone
-    Distiller.from_context(ctx, longer, log=_quiet).run()
+    monkeypatch.setattr(matching, "meta_gradient", real)  # the same command, once the cause is gone
+    Distillation.from_context(ctx, longer, log=_quiet).run()
     _assert_same_final(lors_run[1] / "distilled.safetensors", out / "distilled.safetensors")
 
 
 @pytest.mark.parametrize("key, value", [("syn_steps", 3), ("lr_teacher", 0.2), ("precision", "bf16")])
 def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_cfg, ctx, tmp_path, key, value):
     out = tmp_path / "run"
-    first = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    first = Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
     before = _snapshot(out)
     with pytest.raises(ValueError, match=rf"holds a run with other settings \(distill\.{key} differ\)"):
-        Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=3, **{key: value}), log=_quiet).run()
+        Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3, **{key: value}), log=_quiet).run()
     assert _snapshot(out) == before  # config.yaml included
 
     logged = []
-    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
     assert any("at iteration 2" in line for line in logged)
     extended = load_distilled(out / "distilled.safetensors")
     assert extended.meta["iteration"] == 3 and len(extended.meta["losses"]) == 3
@@ -260,10 +256,10 @@ def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_c
 
 def test_a_run_resumes_with_activation_checkpointing_switched_on(base_cfg, ctx, lors_run, tmp_path):
     out = tmp_path / "run"
-    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
-    resumed = Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=4, checkpoint_activations=True),
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    resumed = Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=4, checkpoint_activations=True),
                                      log=_quiet)
-    assert isinstance(resumed.student.image.backbone.blocks[0][0].forward, functools.partial)  # it is on
+    assert isinstance(resumed.method.student.image.backbone.blocks[0][0].forward, functools.partial)  # it is on
     final = resumed.run()
     _, _, uninterrupted = lors_run  # checkpointing off throughout
     assert torch.allclose(final.images, uninterrupted.images, atol=1e-5)
@@ -328,9 +324,9 @@ def test_artefact_round_trip_and_export(lors_run, ctx, tmp_path):
 def test_periodic_evaluation_logs_val_recall(base_cfg, ctx, tmp_path):
     cfg = distill_cfg(base_cfg, tmp_path / "run", iterations=2, eval_every=2, eval_students=2)
     with pytest.raises(ValueError, match="evaluates on the val split"):
-        Distiller.from_context(ctx, cfg, log=_quiet)  # ctx has no val split
+        Distillation.from_context(ctx, cfg, log=_quiet)  # ctx has no val split
     logged = []
-    Distiller.from_context(RunContext(base_cfg, splits=("train", "val"), log=_quiet), cfg, log=logged.append).run()
+    Distillation.from_context(RunContext(base_cfg, splits=("train", "val"), log=_quiet), cfg, log=logged.append).run()
     lines = [line for line in logged if "val mean recall" in line]
     assert len(lines) == 1 and lines[0].startswith("iteration 2: ") and "(2 students)" in lines[0]
     assert 0.0 <= float(lines[0].split("val mean recall ")[1].split()[0]) <= 100.0
@@ -338,25 +334,25 @@ def test_periodic_evaluation_logs_val_recall(base_cfg, ctx, tmp_path):
 
 def test_student_lrs_start_per_tower_when_lr_teacher_names_them(base_cfg, ctx, tmp_path):
     cfg = distill_cfg(base_cfg, tmp_path / "run", iterations=0, lr_teacher={"image": 0.01, "text": 0.2})
-    assert Distiller.from_context(ctx, cfg, log=_quiet).run().lrs == pytest.approx({"image": 0.01, "text": 0.2})
-    with pytest.raises(ValueError, match=r"lr_teacher must be a number or \{image: \.\., text: \.\.\}"):
-        Distiller.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)
+    assert Distillation.from_context(ctx, cfg, log=_quiet).run().lrs == pytest.approx({"image": 0.01, "text": 0.2})
+    with pytest.raises(ConfigError, match=r"distill.lr_teacher must be a number > 0, or \{image: …, text: …\}"):
+        Distillation.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)
 
 
 def test_a_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx, tmp_path, monkeypatch):
     out = tmp_path / "negative"
-    Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
     before = _snapshot(out)
-    real = distillation.meta_gradient
+    real = matching.meta_gradient
 
     def pushing_the_image_lr_down(*args, **kwargs):  # one SGD step of lr_lr 1e-5 takes 0.01 to -0.09
         loss, syn_grads, lr_grads = real(*args, **kwargs)
         return loss, syn_grads, {**lr_grads, "image": torch.tensor(1e4)}
 
-    monkeypatch.setattr(distillation, "meta_gradient", pushing_the_image_lr_down)
+    monkeypatch.setattr(matching, "meta_gradient", pushing_the_image_lr_down)
     with pytest.raises(FloatingPointError, match=r"distillation iteration 2: the learned student lr became "
                                                  r"\{'image': -0\.0[0-9]+\}; nothing was written"):
-        Distiller.from_context(ctx, distill_cfg(base_cfg, out, iterations=4), log=_quiet).run()
+        Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=4), log=_quiet).run()
     assert _snapshot(out) == before
 
 
@@ -377,7 +373,7 @@ def test_tensorboard_logs_of_a_distillation_and_its_evaluation(base_cfg, tmp_pat
     board = tmp_path / "tb"
     cfg = distill_cfg(base_cfg, tmp_path / "run", eval_every=2, eval_students=1)
     cfg["log"] = {"tensorboard": str(board)}
-    dset = Distiller.from_context(RunContext(cfg, splits=("train", "val"), log=_quiet), cfg, log=_quiet).run()
+    dset = Distillation.from_context(RunContext(cfg, splits=("train", "val"), log=_quiet), cfg, log=_quiet).run()
     scalars, images = read(board / "run")
     f32 = lambda x: float(np.float32(x))  # noqa: E731  (events store float32)
     losses = load_distilled(tmp_path / "run" / "distilled.safetensors").meta["losses"]

@@ -16,13 +16,12 @@ import torch
 from safetensors import safe_open
 
 import evaluate
-from data.distilled import load_distilled
-from utils.config import ConfigError, save_config
-from utils.context import RunContext
-from utils.distillation import Distiller
-from utils.distributed import join
-
+from artefacts.distilled import load_distilled
+from common.config import ConfigError, save_config
+from common.distributed import join
 from conftest import distill_config
+from methods.loop import Distillation
+from training.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
@@ -85,7 +84,7 @@ def distill_cfg(base_cfg, out_dir, **distill):
 def distil_here(base_cfg, out_dir, **distill):
     cfg = distill_cfg(base_cfg, out_dir, **distill)
     with one_thread():
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
     return Path(out_dir) / "distilled.safetensors"
 
 
@@ -118,7 +117,7 @@ def test_a_run_of_two_processes_resumes_in_one_to_the_uninterrupted_result(base_
     logged = []
     cfg = distill_cfg(base_cfg, resumed, iterations=2)
     with one_thread():
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
     assert any("at iteration 1" in line for line in logged)
     assert_same_set(resumed / "distilled.safetensors", distil_here(base_cfg, tmp_path / "straight", iterations=2))
 
@@ -129,7 +128,7 @@ def test_a_checkpoint_of_another_p_is_refused(base_cfg, two_processes, tmp_path)
     shutil.copytree(out, copy_)
     cfg = distill_cfg(base_cfg, copy_, iterations=2, segments_per_iteration=2)
     with pytest.raises(ValueError, match=r"holds a run with other settings \(distill\.segments_per_iteration differ\)"):
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet).run()
 
 
 def test_p_not_a_multiple_of_the_processes_is_refused(two_processes, tmp_path):
@@ -183,23 +182,24 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from utils.cli import run\n"
-        "from utils.distributed import barrier, processes\n\n"
+        "from common.cli import run\n"
+        "from common.distributed import barrier, processes\n"
+        "from common.errors import InputError\n\n"
         "def main(argv):\n"
         "    with processes('cpu') as (rank, world, _):\n"
         "        if rank == 1:\n"
-        "            raise ValueError('the data of rank 1 is missing')\n"
+        "            raise InputError('the data of rank 1 is missing')\n"
         "        barrier()  # rank 0 waits for a rank that is gone\n\n"
         "run(main)\n")
     started = time.time()
     run = torchrun(script, env={"MMDD_TIMEOUT": "0.5"}, timeout=120)
     assert run.returncode != 0 and time.time() - started < 60
-    assert "rank 1 of 2 failed: ValueError: the data of rank 1 is missing" in run.stderr
+    assert "rank 1 of 2 failed: InputError: the data of rank 1 is missing" in run.stderr
     assert "error: the data of rank 1 is missing" in run.stderr
 
 
 def test_segments_per_iteration_must_divide_among_the_processes():
-    from utils.distillation import segments_per_rank
-    assert segments_per_rank({}, 1) == 1 and segments_per_rank({"segments_per_iteration": 4}, 2) == 2
+    from methods.loop import work_per_rank
+    assert work_per_rank({"segments_per_iteration": 1}, 1) == 1 and work_per_rank({"segments_per_iteration": 4}, 2) == 2
     with pytest.raises(ConfigError, match=r"segments_per_iteration 6 is not a multiple of the 4 processes.*e\.g\. 4"):
-        segments_per_rank({"segments_per_iteration": 6}, 4)
+        work_per_rank({"segments_per_iteration": 6}, 4)

@@ -13,17 +13,17 @@ from safetensors.torch import load_file
 
 import evaluate
 import generate
-from data.distilled import load_distilled
+from artefacts.distilled import load_distilled
+from common.config import load_config, save_config
+from methods.edge import finetune as edge_module
+from methods.edge.finetune import (FinetuneError, checkpoint_activations, clean_estimate, contrastive, edge_loss,
+                                   finetune, finetuned_generator, noised)
+from methods.edge.generation import SampleError, caption, generate_images, sample, set_folder, write_dataset
 from networks.captioner import CaptionerError, load_captioner
 from networks.generator import load_generator, make_trainable
 from networks.tiny import build_all
 from networks.weights import ModelNotFoundError
-from utils import edge as edge_module
-from utils.config import load_config, save_config
-from utils.edge import (FinetuneError, checkpoint_activations, clean_estimate, contrastive, edge_loss, finetune,
-                        finetuned_generator, noised)
-from utils.generation import SampleError, caption, generate_images, sample, set_folder, write_dataset
-from utils.losses import diversity
+from training.losses import diversity
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"

@@ -9,15 +9,18 @@ import torch
 
 import coreset
 import evaluate
+from artefacts.distilled import DistilledSetError, load_distilled, renormalised, save_distilled
+from artefacts.export import export_distilled
+from common.config import save_config
+from common.errors import InputError
 from data.annotations import AnnotationError
-from data.distilled import DistilledSetError, export_distilled, load_distilled, renormalised, save_distilled
-from utils.config import save_config
-from utils.context import RunContext
-from utils.evaluation import PROTOCOLS, scorer, select, summarise, train_students
-from utils.experts import expert_students, run_buffer
-from utils.selection import herding, k_center
-from utils.trajectories import expert_path
-
+from evaluation import entries
+from evaluation.students import PROTOCOLS, scorer, select, summarise, train_students
+from methods import coresets
+from methods.coresets import herding, k_center
+from training.context import RunContext
+from training.experts import expert_students, run_buffer
+from training.trajectories import expert_path
 
 
 def _quiet(_msg):
@@ -101,7 +104,7 @@ def test_students_trained_together_match_students_trained_one_at_a_time(cfg, los
 
 
 def _make_random(ctx, n, path=None):
-    from data.distilled import random_pairs, real_pairs
+    from artefacts.pairs import random_pairs, real_pairs
     path = path or Path(ctx.cfg["buffer"]["out_dir"]).parent / f"random_{n}.safetensors"
     save_distilled(path, real_pairs(ctx.splits["train"], ctx.features["train"], ctx.test_transform,
                                     random_pairs(ctx.splits["train"], n, 0),
@@ -112,12 +115,12 @@ def _make_random(ctx, n, path=None):
 def test_a_distillations_starting_point_and_bf16_are_labelled_as_such(random_set):
     dset = load_distilled(random_set)
     dset.meta.update(method="lors", metagrad="exact", budget=6)
-    assert evaluate.describe(dset, "x")["model"] == "lors · exact (5 pairs)"
+    assert entries.describe(dset, "x")["model"] == "lors · exact (5 pairs)"
     dset.meta["config"] = {"distill": {"precision": "bf16"}}  # a set distilled in bf16 is labelled as such
-    assert evaluate.describe(dset, "x")["model"] == "lors · exact, bf16 (5 pairs)"
+    assert entries.describe(dset, "x")["model"] == "lors · exact, bf16 (5 pairs)"
     dset.meta["config"] = {"distill": {"precision": "fp32"}}
     dset.meta["iteration"] = 0
-    described = evaluate.describe(dset, "x")
+    described = entries.describe(dset, "x")
     assert described["model"] == "lors at iteration 0 (5 pairs)" and described["metagrad"] == "iteration 0"
     assert described["budget"] == 6 and described["pairs"] == 5
 
@@ -175,7 +178,7 @@ def test_an_exported_folder_evaluates_like_its_artefact(cfg, cfg_file, random_se
     ctx = RunContext(cfg, splits=("val", "test"), log=_quiet)
     original = load_distilled(random_set)
     export_distilled(original, tmp_path / "export")
-    imported = evaluate.load_set(ctx, tmp_path / "export")
+    imported = entries.load_set(ctx, tmp_path / "export")
     assert torch.equal(imported.images, original.images)
     assert torch.allclose(imported.text_features, original.text_features, atol=1e-5)
     assert imported.meta["method"] == "random" and imported.similarity.kind == "identity"
@@ -238,7 +241,7 @@ def test_coresets_are_real_pairs_chosen_by_their_method(cfg, cfg_file, tmp_path)
     ctx = RunContext(cfg, splits=("train",), log=_quiet)
     students, _ = expert_students(ctx, expert_path(cfg["buffer"]["out_dir"], 0), [2])
     (_, student), = students
-    features = coreset.joint_embeddings(ctx, student)
+    features = coresets.joint_embeddings(ctx, student)
     assert features.shape == (len(ctx.splits["train"].captions), 2 * student.image.out_dim)
     expected = {"herding": herding(features, 6), "k-center": k_center(features, 6, 3)}
     for method in ("herding", "k-center", "forgetting"):
@@ -255,7 +258,7 @@ def test_coresets_are_real_pairs_chosen_by_their_method(cfg, cfg_file, tmp_path)
 
 def test_a_budget_larger_than_the_pool_is_refused(cfg_file, tmp_path):
     for method in ("random", "herding"):
-        with pytest.raises(SystemExit, match=r"--budget 1000: the training split has \d+ pairs; choose 1 to"):
+        with pytest.raises(InputError, match=r"--budget 1000: the training split has \d+ pairs; choose 1 to"):
             coreset.main(["--config", str(cfg_file), "--method", method, "--budget", "1000",
                           "--out", str(tmp_path / "c.safetensors")])
     assert not (tmp_path / "c.safetensors").exists()

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import EXIT_USER_ERROR, run
-from utils.config import ConfigError, load_config
-from utils.context import RunContext
-from utils.distillation import SCRATCH, Distiller
-from utils.experts import run_buffer
-from utils.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock
-from utils.trajectories import TrajectoryError
-from utils.validate import check_config
+from common.cli import EXIT_USER_ERROR, run
+from common.config import ConfigError, Schema, load_config, resolve
+from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock
+from methods import method_keys
+from methods.loop import Distillation
+from methods.matching import SCRATCH
+from training.context import RunContext
+from training.experts import run_buffer
+from training.trajectories import TrajectoryError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -58,8 +59,8 @@ def test_every_bad_key_is_named_at_once():
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
     cfg["buffer"]["epochs"], cfg["distill"]["momentum"] = 0, -0.5
     with pytest.raises(ConfigError, match=r"buffer\.epochs must be .*; distill\.momentum must be a number ≥ 0"):
-        check_config(cfg)
-    check_config(load_config(ROOT / "configs" / "flickr30k" / "lors_100.yaml"))  # the shipped configs pass
+        resolve(cfg, Schema(method_keys()))
+    resolve(load_config(ROOT / "configs" / "flickr30k" / "lors_100.yaml"), Schema(method_keys()))  # shipped ones pass
 
 
 def test_run_prints_one_line_or_the_traceback_with_debug(capsys, monkeypatch):
@@ -98,14 +99,13 @@ def test_evaluate_checks_every_set_and_the_output_before_training(tmp_path):
 
 
 def test_default_evaluation_outputs_differ_for_sets_in_folders_of_the_same_name(tmp_path):
-    import argparse
-    from evaluate import _default_out
+    from evaluation.entries import default_out
     cfg = {"data": {"name": "toy", "annotations": "a.json"}}
-    args = lambda p: argparse.Namespace(full_data=False, distilled=[p], student_image_encoder=None)  # noqa: E731
-    a = _default_out(cfg, args(tmp_path / "x" / "lors" / "distilled.safetensors"))
-    b = _default_out(cfg, args(tmp_path / "y" / "lors" / "distilled.safetensors"))
+    out = lambda p: default_out(cfg, [p], full_data=False, student_image_encoder=None)  # noqa: E731
+    a = out(tmp_path / "x" / "lors" / "distilled.safetensors")
+    b = out(tmp_path / "y" / "lors" / "distilled.safetensors")
     assert a != b and a.name.startswith("lors-") and a.parent == Path("runs/toy/eval")
-    assert a == _default_out(cfg, args(tmp_path / "x" / "lors" / "distilled.safetensors"))  # same set, same file
+    assert a == out(tmp_path / "x" / "lors" / "distilled.safetensors")  # same set, same file
 
 
 def test_outputs_get_the_umask_mode(tmp_path):
@@ -117,7 +117,7 @@ def test_outputs_get_the_umask_mode(tmp_path):
 
 HOLDER = """
 import sys, time
-from utils.io import folder_lock
+from common.io import folder_lock
 with folder_lock(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(60)
@@ -181,7 +181,7 @@ def test_minibatch_and_rank_larger_than_the_set_are_refused(small_buffer, tmp_pa
     cfg = copy.deepcopy(small_buffer)
     cfg["distill"].update({key: value, "out_dir": str(tmp_path / "d")})
     with pytest.raises(ValueError, match=rf"distill\.{key} {value} is larger than the 5 synthetic pairs"):
-        Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
 
 
 def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_buffer, tmp_path):
@@ -190,7 +190,7 @@ def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_bu
     cfg["distill"].update(out_dir=str(out), offload="disk", metagrad="exact")
     (out / SCRATCH / "mmdd-steps-old").mkdir(parents=True)
     (out / SCRATCH / "mmdd-steps-old" / "0_image").write_bytes(b"left by a killed run")
-    distiller = Distiller.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+    distiller = Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
     seen = []
     real = distiller.step
 

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 import data.image_cache as image_cache
 from data.annotations import read_split
 from data.images import SplitImages, build_transform
-from utils.training import split_images
+from training.fit import split_images
 
 TUXPAINT = Path(__file__).resolve().parents[1] / "datasets" / "tuxpaint"
 STATS = ((0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
@@ -142,7 +142,7 @@ def test_other_transforms_are_refused(tux_slice, tmp_path):
 
 def test_pair_loader_with_a_worker_reads_the_cache_as_the_files(tux_slice, tmp_path):
     """Built by a loader worker, read through a memory map in another: the same batches as the uncached loader."""
-    from utils.training import pair_loader
+    from training.fit import pair_loader
     split, transform = tux_split(tux_slice, "train"), build_transform(32, *STATS)
     plain = list(pair_loader(split, transform, 16, seed=3))
     cached = list(pair_loader(split, transform, 16, seed=3, num_workers=1, image_cache=tmp_path))
@@ -167,7 +167,8 @@ def test_buffer_with_the_cache_scores_its_untrained_expert_exactly_as_without(ti
     """data.image_cache reaches the experts' loaders through RunContext: the cache file is built in cache_dir, and
     epoch 0 (the pretrained student, scored on the exact eval view) has the very recall of an uncached buffer."""
     import copy
-    from utils.experts import run_buffer
+
+    from training.experts import run_buffer
     cfg = copy.deepcopy(tiny_cfg)
     cfg["buffer"].update(num_experts=1, epochs=1)
     cfg["cache_dir"] = str(tmp_path / "cache")

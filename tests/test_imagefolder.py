@@ -1,4 +1,4 @@
-"""The Hugging Face `imagefolder` export (`python -m data.distilled FILE OUT --format imagefolder`): the real
+"""The Hugging Face `imagefolder` export (`python -m artefacts.export FILE OUT --format imagefolder`): the real
 `datasets` library loads it offline; its card names what the set is and its measured recall; `read_folder` (what
 evaluate.py calls for a folder) gives back the set as distilled, or the encoded captions when it must; the export
 refuses what the Karpathy export refuses."""
@@ -12,17 +12,18 @@ import torch
 import yaml
 from PIL import Image
 
-import data.distilled as distilled
+import artefacts.export as export_cli
+from artefacts.distilled import DistilledSet, DistilledSetError, load_distilled, renormalised, save_distilled
+from artefacts.export import export_distilled, read_folder
+from artefacts.folder import EXPORT_FORMAT
+from artefacts.imagefolder import card, export_imagefolder
+from common.cli import run
+from common.io import read_tensor_file
+from common.visuals import to_uint8
 from data.annotations import preprocess_caption
-from data.distilled import (EXPORT_FORMAT, DistilledSet, DistilledSetError, export_distilled, load_distilled,
-                            read_folder, renormalised, save_distilled)
-from data.imagefolder import card, export_imagefolder
-from utils.cli import run
-from utils.context import RunContext
-from utils.io import read_tensor_file
-from utils.metrics import format_table
-from utils.similarity import Similarity
-from utils.visuals import to_uint8
+from training.context import RunContext
+from training.metrics import format_table
+from training.similarity import Similarity
 
 # 8-bit PNGs hold each pixel to within half a step of 1/255; 1/255 (in [0, 1] pixel units) leaves room for rounding
 PIXEL_TOLERANCE = 1 / 255
@@ -55,7 +56,7 @@ def _pixels(dset):
 def _export(tmp_path, dset, *args, name="out"):
     path = tmp_path / "set.safetensors"
     save_distilled(path, dset)
-    distilled.main([str(path), str(tmp_path / name), "--format", "imagefolder", *args])
+    export_cli.main([str(path), str(tmp_path / name), "--format", "imagefolder", *args])
     return path, tmp_path / name
 
 
@@ -114,7 +115,7 @@ def test_the_card_names_the_set_its_files_and_its_measured_recall(tmp_path, monk
                            {"model": "lors (4 pairs)", "source": "./set.safetensors", "students": 2,
                             "protocols": ours}]}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    distilled.main(["set.safetensors", "out", "--format", "imagefolder", "--evaluation", "results.json"])
+    export_cli.main(["set.safetensors", "out", "--format", "imagefolder", "--evaluation", "results.json"])
     text = (tmp_path / "out" / "README.md").read_text()
     front = _front_matter(text)
     assert front["license"] == "unknown" and front["size_categories"] == ["n<1K"]
@@ -151,7 +152,7 @@ def test_an_evaluation_without_this_set_is_refused_before_writing(tmp_path, caps
                                                  r"sets: elsewhere\.safetensors\); run evaluate\.py --distilled"),
                                 ("broken.json", r"broken\.json cannot be read as JSON")):
         with pytest.raises(SystemExit) as exit_info:
-            run(distilled.main, [str(path), str(tmp_path / "out"), "--format", "imagefolder",
+            run(export_cli.main, [str(path), str(tmp_path / "out"), "--format", "imagefolder",
                                  "--evaluation", str(tmp_path / evaluation)])
         assert exit_info.value.code == 2
         assert re.match(r"^error: --evaluation .*" + message, capsys.readouterr().err)
@@ -174,7 +175,7 @@ def _read(ctx, folder):
 
 def _set_for(ctx, **meta):
     """A set distilled for this run's encoders and image size, in another pixel normalisation than the run's."""
-    identity = {k: ctx.artefact_identity()[k] for k in distilled.IDENTITY_KEYS}
+    identity = {k: ctx.artefact_identity()[k] for k in export_cli.IDENTITY_KEYS}
     return _set(n=6, size=32, width=ctx.text_encoder.hidden_size, **{**identity, **meta})
 
 
@@ -236,13 +237,13 @@ def test_a_foreign_folder_is_refused_unless_overwrite(tmp_path, capsys):
     folder = _foreign_folder(tmp_path)
     before = _digests(folder)
     with pytest.raises(SystemExit) as exit_info:
-        run(distilled.main, [str(path), str(folder), "--format", "imagefolder"])
+        run(export_cli.main, [str(path), str(folder), "--format", "imagefolder"])
     assert exit_info.value.code == 2
     assert re.match(r"^error: export folder .*theirs is not empty \(README\.md, images, notes\.txt\) and is not a "
                     r"previous export; .*--overwrite .* to replace its images/, metadata\.jsonl, README\.md and "
                     r"features\.safetensors", capsys.readouterr().err)
     assert _digests(folder) == before
-    distilled.main([str(path), str(folder), "--format", "imagefolder", "--overwrite"])
+    export_cli.main([str(path), str(folder), "--format", "imagefolder", "--overwrite"])
     assert "4 pairs exported to" in capsys.readouterr().out
     assert sorted(p.name for p in folder.iterdir()) == sorted(WRITES + ["notes.txt"])
     assert sorted(p.name for p in (folder / "images").iterdir()) == [f"{i:04d}.png" for i in range(4)]
@@ -258,7 +259,7 @@ def test_a_bad_format_or_a_card_without_one_is_refused(tmp_path, capsys):
                           (["--evaluation", "r.json"], r"--evaluation goes into the dataset card, which only "
                                                        r"--format imagefolder writes")):
         with pytest.raises(SystemExit) as exit_info:
-            run(distilled.main, [str(path), str(tmp_path / "out"), *args])
+            run(export_cli.main, [str(path), str(tmp_path / "out"), *args])
         assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
@@ -274,7 +275,7 @@ def test_non_finite_pixels_or_a_failed_write_leave_the_previous_export(tmp_path,
     def full_disk(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("data.imagefolder.save_tensors", full_disk)
+    monkeypatch.setattr("artefacts.imagefolder.save_tensors", full_disk)
     with pytest.raises(OSError, match="disk full"):
         export_imagefolder(_set(n=3, seed=2), out)
     assert _digests(tmp_path) == before

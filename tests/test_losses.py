@@ -1,4 +1,4 @@
-"""Tests for utils/losses.py: each loss against a hand computation on a tiny logits matrix (explicit
+"""Tests for training/losses.py: each loss against a hand computation on a tiny logits matrix (explicit
 loops and `math`, no torch reductions), the relations between the losses, the name registry, and the
 gradients that must reach both the logits and the (learned) soft targets."""
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from utils.losses import LOSSES, bce, cwcl, get_loss, infonce, kl, mse, wbce
+from training.losses import LOSSES, bce, cwcl, get_loss, infonce, kl, mse, wbce
 
 Z3 = [[2.0, 0.5, -1.0],
       [0.3, 1.5, 0.2],

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from methods.matching.metagrad import InnerLoop, meta_gradient
 from networks.checkpointing import checkpoint_blocks
 from networks.forward_mode import build_chain, chain_matches, segmented_jvp
 from networks.student import DualEncoder, FlatTower
-from utils.losses import get_loss
-from utils.metagrad import InnerLoop, meta_gradient
-from utils.similarity import Similarity
+from training.losses import get_loss
+from training.similarity import Similarity
 
 N, TEXT_DIM, SIZE = 6, 5, 6
 
@@ -81,7 +81,7 @@ def run(mode, steps, eta, merge, dtype=torch.float32, blend=False, offload="none
     inner, syn, start, target = make_problem(steps, dtype, blend, **problem)
     lrs = {"image": torch.tensor(eta, dtype=dtype, requires_grad=True),
            "text": torch.tensor(0.7 * eta, dtype=dtype, requires_grad=True)}
-    loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, steps, merge, offload)
+    loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, num_steps=steps, merge=merge, offload=offload)
     return loss, {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
 
 
@@ -193,7 +193,7 @@ def test_gradients_match_finite_differences(mode):
 
         def loss_at(shift):
             shifted = {k: (v + shift * direction if k == name else v).detach() for k, v in syn.items()}
-            loss, _, _ = meta_gradient("unroll", inner, start, target, lrs, shifted, steps)
+            loss, _, _ = meta_gradient("unroll", inner, start, target, lrs, shifted, num_steps=steps)
             return loss.item()
 
         numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
@@ -204,14 +204,14 @@ def test_gradients_match_finite_differences(mode):
 def test_unknown_mode_is_refused():
     inner, syn, start, target = make_problem(1)
     with pytest.raises(ValueError, match="unroll, tesla, exact"):
-        meta_gradient("second-order", inner, start, target, {"image": 0.1, "text": 0.1}, syn, 1)
+        meta_gradient("second-order", inner, start, target, {"image": 0.1, "text": 0.1}, syn, num_steps=1)
 
 
 def test_bf16_meta_gradient_runs_on_the_demo_tower(tiny_cfg):
     """The real EfficientNet-Lite0 (BatchNormAct, ReLU6 in place) under bf16: forward mode under autocast failed there
     (a convolution got a bf16 weight and an fp32 input), so bf16 steps take reverse over reverse. The meta-gradient is
     finite, and bf16 really ran (it differs from fp32's)."""
-    from utils.context import RunContext
+    from training.context import RunContext
     ctx = RunContext(tiny_cfg, splits=("test",), log=lambda *_: None)
     grads = {}
     for precision in ("fp32", "bf16"):
@@ -226,7 +226,7 @@ def test_bf16_meta_gradient_runs_on_the_demo_tower(tiny_cfg):
         noise = torch.Generator().manual_seed(3)
         target = {t: v + 0.01 * torch.randn(v.shape, generator=noise) for t, v in start.items()}
         lrs = {t: torch.tensor(0.01, requires_grad=True) for t in start}
-        _, syn_grads, _ = meta_gradient("exact", inner, start, target, lrs, syn, 2, False, "none")
+        _, syn_grads, _ = meta_gradient("exact", inner, start, target, lrs, syn, num_steps=2, merge=False, offload="none")
         grads[precision] = syn_grads["images"]
         assert torch.isfinite(syn_grads["images"]).all() and syn_grads["images"].abs().sum() > 0, precision
     assert not torch.equal(grads["bf16"], grads["fp32"])

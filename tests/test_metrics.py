@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.metrics import format_table, retrieval_ranks, retrieval_recall
+from training.metrics import format_table, retrieval_ranks, retrieval_recall
 
 
 def test_image_whose_second_caption_is_the_hit():

@@ -6,11 +6,11 @@ import shutil
 import pytest
 import yaml
 
+from common.cli import run
 from conftest import TUXPAINT
 from data import prepare
 from data.images import load_image
 from data.prepare import check_download, format_report, main
-from utils.cli import run
 
 
 @pytest.fixture

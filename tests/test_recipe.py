@@ -6,15 +6,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from common.config import ConfigError, Schema, resolve
 from data.annotations import read_split
 from data.text_cache import cache_path, caption_features
+from methods.loop import Distillation
+from methods.matching import KEYS as MATCHING_KEYS
+from methods.matching.segments import Sampler
 from networks.encoders import TextEncoder
-from utils.context import RunContext
-from utils.distillation import Distiller, Sampler
-from utils.experts import run_buffer
-from utils.recipe import CLIP_STATS, ITEMS, RecipeError, expert_recipe, recipe_value
-from utils.training import sampled_text_source
-from utils.trajectories import TrajectoryError, expert_path
+from training.context import RunContext
+from training.experts import run_buffer
+from training.fit import sampled_text_source
+from training.recipe import CLIP_STATS, ITEMS, RecipeError, expert_recipe, recipe_value
+from training.trajectories import TrajectoryError, expert_path
 
 
 def _quiet(_msg):
@@ -24,13 +27,15 @@ def _quiet(_msg):
 # ---- the recipe's values --------------------------------------------------------------------------------
 
 def test_null_keys_take_the_recipes_values_and_set_keys_win():
+    items = {**ITEMS, **{f"distill.{k}": key.recipe for k, key in MATCHING_KEYS.items() if key.recipe}}
+    value = lambda cfg, key: recipe_value(cfg, key, items[key])  # noqa: E731
     for recipe, column in (("ours", 0), ("reference", 1)):
         cfg = {"recipe": recipe, "data": {}, "buffer": {}, "distill": {}}
-        assert {key: recipe_value(cfg, key) for key in ITEMS} == {key: v[column] for key, v in ITEMS.items()}
+        assert {key: value(cfg, key) for key in items} == {key: v[column] for key, v in items.items()}
     cfg = {"recipe": "reference", "data": {"pixel_stats": "model"}, "distill": {"wbce_eps": 0}}
-    assert recipe_value(cfg, "data.pixel_stats") == "model" and recipe_value(cfg, "distill.wbce_eps") == 0.0
-    assert recipe_value(cfg, "distill.minibatches") == "permutation"
-    assert recipe_value({}, "distill.minibatches") == "queue"  # a config from before recipes: ours
+    assert value(cfg, "data.pixel_stats") == "model" and value(cfg, "distill.wbce_eps") == 0.0
+    assert value(cfg, "distill.minibatches") == "permutation"
+    assert value({}, "distill.minibatches") == "queue"  # a config from before recipes: ours
     # without dropout a null M is one sample, whatever the recipe
     assert recipe_value({"recipe": "reference", "buffer": {"text_encoder_dropout": False}},
                         "buffer.text_feature_samples") == 1
@@ -38,15 +43,21 @@ def test_null_keys_take_the_recipes_values_and_set_keys_win():
 
 @pytest.mark.parametrize("cfg, message", [
     ({"recipe": "paper"}, "recipe must be one of ours, reference, not 'paper'"),
-    ({"buffer": {"text_feature_samples": 0}}, r"text_feature_samples must be a whole number ≥ 1, not 0"),
-    ({"buffer": {"text_feature_samples": 2.5}}, r"text_feature_samples must be a whole number ≥ 1"),
-    ({"buffer": {"text_feature_samples": 3}}, "text_feature_samples > 1 needs buffer.text_encoder_dropout: true"),
-    ({"data": {"pixel_stats": "imagenet"}}, "data.pixel_stats must be one of model, clip"),
-    ({"buffer": {"drop_last": "yes"}}, "buffer.drop_last must be one of False, True"),
+    ({"buffer": {"out_dir": "b", "text_feature_samples": 0}},
+     r"text_feature_samples must be a whole number ≥ 1 \(or null\), not 0"),
+    ({"buffer": {"out_dir": "b", "text_feature_samples": 2.5}}, r"text_feature_samples must be a whole number ≥ 1"),
+    ({"data": {"name": "x", "annotations": "a", "image_root": "i", "pixel_stats": "imagenet"}},
+     "data.pixel_stats must be one of model, clip"),
+    ({"buffer": {"out_dir": "b", "drop_last": "yes"}}, "buffer.drop_last must be one of False, True"),
 ])
-def test_bad_recipe_values_are_refused_with_a_message(cfg, message):
-    with pytest.raises(RecipeError, match=message):
-        expert_recipe(cfg)
+def test_bad_recipe_values_are_refused_before_any_compute(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg, Schema())
+
+
+def test_a_combination_of_recipe_values_is_checked():
+    with pytest.raises(RecipeError, match="text_feature_samples > 1 needs buffer.text_encoder_dropout: true"):
+        expert_recipe({"buffer": {"text_feature_samples": 3}})
 
 
 def test_reference_minibatches_are_a_fresh_permutation_per_iteration_without_short_tail():
@@ -142,31 +153,31 @@ def test_a_buffer_of_the_other_recipe_is_refused_unless_only_distill_keys_differ
     ours["recipe"], ours["buffer"]["text_feature_samples"] = "ours", None
     with pytest.raises(TrajectoryError, match=r"another expert recipe: .*buffer\.text_encoder_dropout True "
                                                r"\(this run: False\).*only distill\.\* keys may differ"):
-        Distiller.from_context(RunContext(ours, splits=("train",), log=_quiet), ours, log=_quiet)
+        Distillation.from_context(RunContext(ours, splits=("train",), log=_quiet), ours, log=_quiet)
     with pytest.raises(TrajectoryError, match="another expert recipe"):  # a rerun of buffer.py into it, too
         run_buffer(ours, log=_quiet)
     mixed = copy.deepcopy(reference_cfg)  # the reference experts, our distillation details
     mixed["distill"].update(out_dir=str(tmp_path / "mixed"), iterations=1, wbce_eps=0.0, wbce_no_positive="whole",
                             minibatches="queue", init_augment=False)
-    dset = Distiller.from_context(RunContext(mixed, splits=("train",), log=_quiet), mixed, log=_quiet).run()
+    dset = Distillation.from_context(RunContext(mixed, splits=("train",), log=_quiet), mixed, log=_quiet).run()
     assert dset.meta["loss_options"] == {"eps": 0.0, "no_positive": "whole"} and not dset.meta["init_augment"]
 
 
 def test_reference_distillation_records_clip_statistics_and_resumes_bit_identically(reference_cfg, tmp_path):
     ctx = RunContext(reference_cfg, splits=("train",), log=_quiet)
-    whole = Distiller.from_context(ctx, reference_cfg, log=_quiet).run()
+    whole = Distillation.from_context(ctx, reference_cfg, log=_quiet).run()
     assert (whole.meta["mean"], whole.meta["std"]) == tuple(list(s) for s in CLIP_STATS)
     assert whole.meta["loss_options"] == {"eps": 1e-6, "no_positive": "half"} and whole.meta["init_augment"]
     cfg = copy.deepcopy(reference_cfg)
     cfg["distill"].update(out_dir=str(tmp_path / "parts"), iterations=2)
-    Distiller.from_context(ctx, cfg, log=_quiet).run()
+    Distillation.from_context(ctx, cfg, log=_quiet).run()
     cfg["distill"]["iterations"] = 4  # the same run, carried on from its checkpoint
-    resumed = Distiller.from_context(ctx, cfg, log=_quiet).run()
+    resumed = Distillation.from_context(ctx, cfg, log=_quiet).run()
     assert torch.equal(resumed.images, whole.images) and torch.equal(resumed.text_features, whole.text_features)
     assert resumed.lrs == whole.lrs
     # the start was the train transform (crops, RandomAugment), drawn from the seed: not the test transform's pixels
-    start = Distiller.from_context(ctx, cfg, log=_quiet).dset.images
-    assert torch.equal(start, Distiller.from_context(ctx, cfg, log=_quiet).dset.images)
+    start = Distillation.from_context(ctx, cfg, log=_quiet).dset.images
+    assert torch.equal(start, Distillation.from_context(ctx, cfg, log=_quiet).dset.images)
     plain = copy.deepcopy(cfg)
     plain["distill"]["init_augment"] = False
-    assert not torch.allclose(Distiller.from_context(ctx, plain, log=_quiet).dset.images, start)
+    assert not torch.allclose(Distillation.from_context(ctx, plain, log=_quiet).dset.images, start)

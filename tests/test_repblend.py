@@ -8,16 +8,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from data.distilled import load_distilled
+from artefacts.distilled import load_distilled
+from common.config import ConfigError, Schema, load_config, resolve
+from conftest import killed_at
+from evaluation.students import train_students
+from methods import method_keys
+from methods.loop import Distillation
+from methods.matching import initial_set
+from methods.matching.metagrad import InnerLoop, meta_gradient
+from methods.registry import resolve_method
 from networks.encoders import ProjectionHead
-from utils.config import load_config
-from utils.context import RunContext
-from utils.distillation import Distiller, initial_set, resolve_method
-from utils.evaluation import train_students
-from utils.experts import expert_students, fit_expert, run_buffer
-from utils.losses import get_loss
-from utils.metagrad import InnerLoop, meta_gradient
-from utils.trajectories import TrajectoryError, expert_path, load_expert, read_snapshots, save_expert
+from training.context import RunContext
+from training.experts import expert_students, fit_expert, run_buffer
+from training.losses import get_loss
+from training.trajectories import TrajectoryError, expert_path, load_expert, read_snapshots, save_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
@@ -117,24 +121,15 @@ def test_students_train_the_heads_only(heads_ctx):
 
 # ---- distillation: resume, exact = unroll, pixels get gradients -----------------------------------------------------
 
-def test_killed_heads_distillation_resumes_bit_identical(heads_cfg, heads_ctx, tmp_path, monkeypatch):
-    whole = Distiller.from_context(heads_ctx, _distill_cfg(heads_cfg, tmp_path / "A"), log=_quiet).run()
+def test_killed_heads_distillation_resumes_bit_identical(heads_cfg, heads_ctx, tmp_path):
+    whole = Distillation.from_context(heads_ctx, _distill_cfg(heads_cfg, tmp_path / "A"), log=_quiet).run()
     assert whole.meta["method"] == "repblend" and len(whole) == 5  # one pair pays for S
-    real_step = Distiller.step
-
-    def killed_at_2(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return real_step(self, iteration)
-
     cfg = _distill_cfg(heads_cfg, tmp_path / "B")
-    monkeypatch.setattr(Distiller, "step", killed_at_2)
-    with pytest.raises(KeyboardInterrupt):
-        Distiller.from_context(heads_ctx, cfg, log=_quiet).run()
+    with killed_at(2):
+        Distillation.from_context(heads_ctx, cfg, log=_quiet).run()
     assert load_distilled(tmp_path / "B" / "checkpoint.safetensors").meta["iteration"] == 2
-    monkeypatch.setattr(Distiller, "step", real_step)
     logged = []
-    Distiller.from_context(heads_ctx, cfg, log=logged.append).run()
+    Distillation.from_context(heads_ctx, cfg, log=logged.append).run()
     assert any("at iteration 2" in line for line in logged)  # resumed, not redone
     finals = [tmp_path / run / "distilled.safetensors" for run in "AB"]
     tensors = []
@@ -165,7 +160,7 @@ def test_exact_equals_unroll_and_pixels_get_gradients(heads_cfg, heads_ctx):
         syn = {k: v.clone().requires_grad_(True) for k, v in syn.items()}
         lrs = {t: torch.tensor(0.5, requires_grad=True) for t in ("image", "text")}
         inner = InnerLoop(student, get_loss(d["loss"]), dset.similarity, batches, seeds, blend=True)
-        loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, steps)
+        loss, syn_grads, lr_grads = meta_gradient(mode, inner, start, target, lrs, syn, num_steps=steps)
         results[mode] = loss, {**syn_grads, **{f"lr_{t}": g for t, g in lr_grads.items()}}
     assert results["exact"][0].item() == pytest.approx(results["unroll"][0].item(), rel=1e-5)
     for name, g in results["unroll"][1].items():
@@ -184,7 +179,7 @@ def test_buffer_of_the_other_mode_is_refused_saying_which(heads_cfg, heads_ctx, 
     lors["buffer"]["out_dir"] = heads_buffer
     with pytest.raises(TrajectoryError, match=r"expert_000\.safetensors holds projection heads only .*" +
                        "set model.trainable: heads"):
-        Distiller.from_context(full_ctx, lors, log=_quiet)
+        Distillation.from_context(full_ctx, lors, log=_quiet)
     with pytest.raises(TrajectoryError, match=HEADS_TO_FULL):
         expert_students(full_ctx, expert_path(heads_buffer, 0))
     with pytest.raises(TrajectoryError, match=HEADS_TO_FULL):
@@ -193,7 +188,7 @@ def test_buffer_of_the_other_mode_is_refused_saying_which(heads_cfg, heads_ctx, 
     reverse = _distill_cfg(heads_cfg, tmp_path / "repblend")
     reverse["buffer"]["out_dir"] = full_buffer
     with pytest.raises(TrajectoryError, match=FULL_TO_HEADS + r" .*buffer_heads\.yaml makes one"):
-        Distiller.from_context(heads_ctx, reverse, log=_quiet)
+        Distillation.from_context(heads_ctx, reverse, log=_quiet)
     with pytest.raises(TrajectoryError, match=FULL_TO_HEADS):
         run_buffer(reverse, log=_quiet)
     assert not (tmp_path / "lors").exists() and not (tmp_path / "repblend").exists()
@@ -217,10 +212,10 @@ def test_repblend_needs_projection_heads(heads_cfg, full_cfg, tmp_path):
     cfg["model"]["trainable"] = "full"
     cfg["distill"]["out_dir"] = str(tmp_path / "out")
     with pytest.raises(ValueError, match=r"needs model\.trainable: heads"):
-        Distiller.from_context(RunContext(full_cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+        Distillation.from_context(RunContext(full_cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
     assert not (tmp_path / "out").exists()
     cfg["model"]["trainable"] = "backbone"
-    with pytest.raises(ValueError, match="model.trainable must be one of full, heads, not 'backbone'"):
-        RunContext(cfg, splits=("train",), log=_quiet)
+    with pytest.raises(ConfigError, match="model.trainable must be one of full, heads, not 'backbone'"):
+        resolve(cfg, Schema(method_keys()))
     lors = resolve_method({**heads_cfg["distill"], "method": "lors", "blend": None}, "heads")  # any method can
     assert lors["blend"] is False and lors["loss"] == "wbce"

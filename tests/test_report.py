@@ -1,11 +1,20 @@
-"""Results report (utils/report.py): published numbers, per-budget tables from evaluate.py files, bad input."""
+"""Results report (evaluation/report.py): published numbers, per-budget tables from evaluate.py files, bad input."""
 import json
 
 import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from utils.report import main, parse_published, plot, read_results
+from common.errors import InputError
+from evaluation import report
+from evaluation.report import parse_published, read_results
+from methods import reference
+from report import main
+
+
+def plot(entries, protocols, path):
+    """The plot with the registry's order and published numbers, as report.py draws it."""
+    return report.plot(entries, protocols, path, reference())
 
 METRICS = ("ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10")
 # per protocol: (added to an entry's level, std), so each protocol shows different numbers
@@ -121,7 +130,7 @@ def test_dataset_without_published_numbers(tmp_path):
 def test_invalid_json_names_the_file(tmp_path, flickr):
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
-    with pytest.raises(SystemExit, match="broken.json is not a result file"):
+    with pytest.raises(InputError, match="broken.json is not a result file"):
         main([*flickr, str(bad)])
 
 
@@ -130,14 +139,14 @@ def test_expert_evaluation_file_is_refused(tmp_path):
     expert = {"split": "test", "results": [{"model": "expert 0, epoch 1", **{m: 1.0 for m in METRICS}}],
               "config": {}}
     (tmp_path / "expert.json").write_text(json.dumps(expert))
-    with pytest.raises(SystemExit, match="no distilled-set or full-data results"):
+    with pytest.raises(InputError, match="no distilled-set or full-data results"):
         main([str(tmp_path / "expert.json")])
 
 
 def test_result_file_without_dataset_names_the_file(tmp_path):
     path = tmp_path / "nodataset.json"
     path.write_text(json.dumps({"split": "test", "results": [entry("random (100 pairs)", "random", 100, 10)]}))
-    with pytest.raises(SystemExit, match="nodataset.json is not a result file"):
+    with pytest.raises(InputError, match="nodataset.json is not a result file"):
         main([str(path)])
 
 

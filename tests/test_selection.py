@@ -1,8 +1,8 @@
-"""Coreset selection (utils/selection.py): herding, k-center, forgetting counts, pairs_right, budget checks."""
+"""Coreset selection (methods/coresets.py): herding, k-center, forgetting counts, pairs_right, budget checks."""
 import pytest
 import torch
 
-from utils.selection import ForgettingCounter, herding, k_center, pairs_right
+from methods.coresets import ForgettingCounter, herding, k_center, pairs_right
 
 
 def herding_reference(features, n):

@@ -1,10 +1,10 @@
-"""Tests for utils/similarity.py: the starting value of each kind, the low-rank formula
+"""Tests for training/similarity.py: the starting value of each kind, the low-rank formula
 S = diag(a) + (α/r)·L Rᵀ against explicit loops, blocks as sub-matrices, gradients that reach only the
 selected rows, blocks built from another params dict, the spec round trip and seeded initialisation."""
 import pytest
 import torch
 
-from utils.similarity import KINDS, Similarity
+from training.similarity import KINDS, Similarity
 
 
 def seeded(seed):

@@ -93,6 +93,7 @@ def test_flat_tower_orders_only_trainable_parameters():
 def test_converted_efficientnet_weights_classify_real_photos(shared_cache, relpath, imagenet_classes):
     """The packaged .pth is mapped onto timm's layout correctly: real Tux Paint photos get their ImageNet class."""
     import timm
+
     from conftest import TUXPAINT
     from data.images import build_transform, load_image
     from networks.weights import resolve_image_weights

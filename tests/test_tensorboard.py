@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.cli as cli
-import utils.tensorboard as tb
-from utils.experts import run_buffer
-from utils.similarity import Similarity
-from utils.trajectories import expert_files, expert_path, read_metadata
-from utils.visuals import save_grid, save_heatmap
+import common.tensorboard as tb
+from common.errors import ToolkitError
+from common.visuals import save_grid, save_heatmap
+from training.experts import run_buffer
+from training.similarity import Similarity
+from training.trajectories import expert_files, expert_path, read_metadata
 
 try:  # an optional extra of the toolkit, which `make test` installs: missing, these tests fail rather than skip
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -110,7 +110,7 @@ def test_checkpoint_pictures_are_the_drawn_pngs(tmp_path):
 
 def test_validation_recall_logs_the_mean_over_students(tmp_path):
     with tb.open_log(on(tmp_path), "lors_50") as log:
-        log.recall(20, "val", {"mean": (31.5, 2.0), "ir@1": (10.0, 1.0)})  # utils.evaluation.mean_std's form
+        log.recall(20, "val", {"mean": (31.5, 2.0), "ir@1": (10.0, 1.0)})  # evaluation.students.mean_std's form
     scalars, _ = read_run(tmp_path / "lors_50")
     assert scalars == {"recall_val/mean": [(20, 31.5)], "recall_val/ir@1": [(20, 10.0)]}
 
@@ -162,11 +162,11 @@ def test_missing_package_is_a_user_error_before_any_compute(tiny_cfg, tmp_path, 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(tb.TensorBoardMissing, match=r"log\.tensorboard.*pip install tensorboard") as err:
         tb.open_log(on(tmp_path / "tb"), "run")
-    assert isinstance(err.value, cli.user_errors()) and isinstance(err.value, ImportError)
+    assert isinstance(err.value, ToolkitError) and isinstance(err.value, ImportError)
     assert tb.open_log({"log": {"tensorboard": None}}, "run").__class__ is tb.NoLog  # off: the package is not needed
 
     tiny_cfg["log"]["tensorboard"] = str(tmp_path / "tb")
-    monkeypatch.setattr("utils.experts.RunContext", lambda *a, **k: pytest.fail("computed before the check"))
+    monkeypatch.setattr("training.experts.RunContext", lambda *a, **k: pytest.fail("computed before the check"))
     with pytest.raises(tb.TensorBoardMissing):
         run_buffer(tiny_cfg, log=lambda _: None)
     assert not expert_files(tiny_cfg["buffer"]["out_dir"]) and not (tmp_path / "tb").exists()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import buffer
-import utils.trajectories as trajectories
-from utils.trajectories import (buffer_stats, expert_path, format_stats, load_expert, save_expert, tower_verdict,
-                                trajectory_stats)
+import training.trajectories as trajectories
+from training.trajectories import (buffer_stats, expert_path, format_stats, load_expert, save_expert, tower_verdict,
+                                   trajectory_stats)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS, EPOCHS, PARAMS = 4, 8, 20_000
@@ -130,7 +130,7 @@ def _write_buffer(folder, experts=3, epochs=4, dtype="fp32"):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "utils.trajectories", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "training.trajectories", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -182,7 +182,7 @@ def test_buffer_py_prints_the_verdicts_after_training(tmp_path, monkeypatch, cap
     buffer.main(["--config", str(ROOT / "configs/tuxpaint/buffer.yaml"), "--buffer.out_dir", str(out_dir),
                  "--buffer.epochs", "3"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"worth distilling? (figures: python -m utils.trajectories {out_dir})"
+    assert lines[0] == f"worth distilling? (figures: python -m training.trajectories {out_dir})"
     assert lines[1].startswith("  image tower: random walk") and lines[2].startswith("  text tower: drift")
     assert lines[3].startswith("  overall: only the text tower drifts")
 

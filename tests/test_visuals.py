@@ -4,7 +4,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from utils.visuals import _font, _wrap, save_grid, save_heatmap, to_uint8
+from common.visuals import _font, _wrap, save_grid, save_heatmap, to_uint8
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -4,37 +4,29 @@ import copy
 
 import torch
 
+from common.distributed import pick_device
+from common.errors import ConfigError
 from data.annotations import load_split
 from data.images import build_transform
 from data.text_cache import caption_features
 from networks.encoders import ImageTower, TextEncoder
 from networks.student import DualEncoder
-from utils.recipe import expert_recipe, pixel_stats
-from utils.training import cached_text_source, evaluate_retrieval, pick_device, sampled_text_source
-
-TRAINABLE = ("full", "heads")  # model.trainable: whole towers, or RepBlend's frozen backbone + two projection heads
-
-
-def trainable_mode(cfg):
-    """model.trainable of a config (default full), checked."""
-    mode = cfg["model"].get("trainable", "full")
-    if mode not in TRAINABLE:
-        raise ValueError(f"model.trainable must be one of {', '.join(TRAINABLE)}, not {mode!r}")
-    return mode
+from training.fit import cached_text_source, evaluate_retrieval, sampled_text_source
+from training.recipe import expert_recipe, pixel_stats
 
 
 class RunContext:
     def __init__(self, cfg, splits=("train", "test"), device=None, log=print):
         self.cfg, self.log = cfg, log
         data, model = cfg["data"], cfg["model"]
-        self.device = device or pick_device(cfg.get("device", "auto"))
-        self.trainable = trainable_mode(cfg)
-        self.cache_dir = cfg.get("cache_dir", ".cache")
+        self.device = device or pick_device(cfg["device"])
+        self.trainable = model["trainable"]  # full towers, or RepBlend's two projection heads
+        self.cache_dir = cfg["cache_dir"]
         # data.image_cache: images read decoded from a uint8 cache in cache_dir (data/image_cache.py); None: from disk
-        self.image_cache = self.cache_dir if data.get("image_cache", False) else None
+        self.image_cache = self.cache_dir if data["image_cache"] else None
         self.splits = {name: load_split(data, name) for name in splits}
-        self.text_encoder = TextEncoder(model["text_encoder"], model.get("text_max_length", 77)).to(self.device)
-        self._image_tower = ImageTower(model["image_encoder"], model.get("image_weights"), self.cache_dir)
+        self.text_encoder = TextEncoder(model["text_encoder"], model["text_max_length"]).to(self.device)
+        self._image_tower = ImageTower(model["image_encoder"], model["image_weights"], self.cache_dir)
         self.image_size = data["image_size"]
         self.recipe = expert_recipe(cfg)
         self.mean, self.std = mean, std = pixel_stats(self.recipe, self._image_tower)
@@ -53,7 +45,7 @@ class RunContext:
             return cached_text_source(self.features["train"], self.device)
         if self._noisy_features is None:
             if not self.text_encoder.dropout:
-                raise ValueError(f"buffer.text_encoder_dropout: true, but the text encoder {self.text_encoder.name} "
+                raise ConfigError(f"buffer.text_encoder_dropout: true, but the text encoder {self.text_encoder.name} "
                                  f"has no dropout to turn on; set it to false")
             self.text_encoder.to(self.device)
             self._noisy_features = caption_features(self.splits["train"], self.text_encoder, self.cache_dir,
@@ -72,11 +64,11 @@ class RunContext:
         with the text head's dropout), and only the two heads train."""
         torch.manual_seed(seed)
         model = self.cfg["model"]
-        dropout = model.get("text_dropout", 0.1)
+        dropout = model["text_dropout"]
         tower = copy.deepcopy(self._image_tower)
         if self.trainable == "heads":
             tower.add_projection_head(dropout)
-        student = DualEncoder(tower, self.text_encoder.hidden_size, model.get("temperature", 0.07), dropout)
+        student = DualEncoder(tower, self.text_encoder.hidden_size, model["temperature"], dropout)
         return student.to(self.device)
 
     def identity(self):

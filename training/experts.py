@@ -9,15 +9,15 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utils.config import save_config
-from utils.context import RunContext
-from utils.distributed import processes
-from utils.io import remove_stale_temporaries, run_lock
-from utils.recipe import ITEMS, recipe_differences
-from utils.tensorboard import open_log, tensorboard_dir
-from utils.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
-                                load_expert, read_metadata, save_expert)
-from utils.training import pair_loader, student_optimizer, train_epoch
+from common.config import save_config
+from common.distributed import processes
+from common.io import remove_stale_temporaries, run_lock
+from common.tensorboard import open_log, tensorboard_dir
+from training.context import RunContext
+from training.fit import pair_loader, student_optimizer, train_epoch
+from training.recipe import ITEMS, recipe_differences
+from training.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
+                                   load_expert, read_metadata, save_expert)
 
 
 def expert_seed(base_seed, index):
@@ -32,7 +32,7 @@ def experts_of_rank(num_experts, rank, world_size):
 def run_buffer(cfg, log=tqdm.write):
     """Train the experts of this process's shard; on rank 0, return {index: metadata} of all finished experts."""
     out_dir = Path(cfg["buffer"]["out_dir"])
-    with processes(cfg.get("device", "auto")) as (rank, world, device), run_lock(out_dir, log):
+    with processes(cfg["device"]) as (rank, world, device), run_lock(out_dir, log):
         return _train_shard(cfg, out_dir, rank, world, device, log)
 
 
@@ -43,7 +43,7 @@ def _train_shard(cfg, out_dir, rank, world, device, log):
         dist.barrier()  # rank 0 checks the folder and builds the caches first
     ctx = RunContext(cfg, splits=("train", "test"), device=device, log=log)
     identity = {**ctx.identity(), "train_captions": ctx.splits["train"].fingerprint,
-                "epochs": bcfg["epochs"], "dtype": bcfg.get("dtype", "fp32")}
+                "epochs": bcfg["epochs"], "dtype": bcfg["dtype"]}
     layouts = ctx.new_student(0).layouts()
     if rank == 0:
         _check_existing(out_dir, identity, layouts, ctx.trainable, bcfg)
@@ -113,10 +113,10 @@ def expert_setup(ctx, seed):
     """The expert recipe of the config's `buffer` section: (fresh student, its SGD optimizer, train loader)."""
     bcfg = ctx.cfg["buffer"]
     student = ctx.new_student(seed)
-    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"], bcfg.get("momentum", 0.0))
-    transform = ctx.train_transform if bcfg.get("augment", True) else ctx.test_transform
+    optimizer = student_optimizer(student, bcfg["lr_image"], bcfg["lr_text"], bcfg["momentum"])
+    transform = ctx.train_transform if bcfg["augment"] else ctx.test_transform
     loader = pair_loader(ctx.splits["train"], transform, bcfg["batch_size"], seed,
-                         ctx.cfg["data"].get("num_workers", 0), ctx.recipe["buffer.drop_last"], ctx.image_cache)
+                         ctx.cfg["data"]["num_workers"], ctx.recipe["buffer.drop_last"], ctx.image_cache)
     return student, optimizer, loader
 
 
@@ -140,9 +140,9 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
     """Train expert `index` and write its trajectory file (atomically, at the end); with log.tensorboard, its loss
     and test recall per epoch go to DIR/<buffer folder>/expert_<index> (one folder per expert, whatever the rank)."""
     bcfg = ctx.cfg["buffer"]
-    seed = expert_seed(bcfg.get("seed", 0), index)
+    seed = expert_seed(bcfg["seed"], index)
     snapshots, losses, recalls = {tower: [] for tower in layouts}, [], {}
-    eval_every = bcfg.get("eval_every", 0)
+    eval_every = bcfg["eval_every"]
     board = open_log(ctx.cfg, f"{Path(out_dir).resolve().name}/expert_{index:03d}")
 
     def record(epoch, student, loss):
@@ -162,7 +162,7 @@ def train_expert(ctx, index, identity, layouts, out_dir, log=tqdm.write):
     metadata = {**identity, "trainable": ctx.trainable, "expert": index, "seed": seed, "train_loss": losses,
                 "test_recall": recalls, "seconds": round(time.time() - start, 1), "config": ctx.cfg}
     metadata.update({f"layout_{tower}": layout for tower, layout in layouts.items()})
-    save_expert(expert_path(out_dir, index), snapshots, metadata, bcfg.get("dtype", "fp32"))
+    save_expert(expert_path(out_dir, index), snapshots, metadata, bcfg["dtype"])
 
 
 def expert_students(ctx, path, epochs=None):

@@ -5,16 +5,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.errors import ConfigError, DivergedError, InputError
 from data.image_cache import cached_images
 from data.images import SplitImages
-from utils.losses import infonce
-from utils.metrics import retrieval_recall
-
-
-def pick_device(name="auto"):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from training.losses import infonce
+from training.metrics import retrieval_recall
 
 
 def student_optimizer(student, lr_image, lr_text, momentum=0.0, weight_decay=0.0):
@@ -27,7 +22,7 @@ def tower_lrs(value, key):
     """{tower: lr} from one number for both towers or {image: .., text: ..}; `key` names the setting in errors."""
     if isinstance(value, dict):
         if set(value) != {"image", "text"}:
-            raise ValueError(f"{key} must be a number or {{image: .., text: ..}}, not {value}")
+            raise ConfigError(f"{key} must be a number or {{image: .., text: ..}}, not {value}")
         return {t: float(value[t]) for t in ("image", "text")}
     return {"image": float(value), "text": float(value)}
 
@@ -72,10 +67,10 @@ def train_epoch(student, loader, text_source, optimizer, device, desc="train", o
         total += loss.detach() * len(captions)
         count += len(captions)
     if count == 0:
-        raise ValueError(f"{desc}: the training loader yielded no batches")
+        raise InputError(f"{desc}: the training loader yielded no batches")
     mean = (total / count).item()
     if not math.isfinite(mean):
-        raise FloatingPointError(f"{desc}: training loss became {mean}; lower the learning rate")
+        raise DivergedError(f"{desc}: training loss became {mean}; lower the learning rate")
     return mean
 
 

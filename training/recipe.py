@@ -4,25 +4,13 @@
 `reference` does them as silicx/LoRS_Distill does, to reproduce its tables; `ours` keeps this code's choices. Every
 detail is also its own key: a key left null (or absent) takes the recipe's value, so one detail can be changed alone.
 """
-RECIPES = ("ours", "reference")
+from common.errors import ConfigError
+from common.schema import SECTIONS
 
-# dotted key: (ours, reference, what else it may be)
-ITEMS = {
-    # 1. text features while experts train: M cached encodings per caption with the encoder in train mode (dropout)
-    "buffer.text_encoder_dropout": (False, True, (False, True)),
-    "buffer.text_feature_samples": (1, 5, int),
-    # 2. expert images: BLIP's RandomAugment(2, 5) after crop and flip; the loader drops the short last batch
-    "data.randaugment": (False, True, (False, True)),
-    "buffer.drop_last": (False, True, (False, True)),
-    # 3. pixel space: the image model's own mean/std, or CLIP's; synthetic images start from the train transform
-    "data.pixel_stats": ("model", "clip", ("model", "clip")),
-    "distill.init_augment": (False, True, (False, True)),
-    # 4. WBCE: log(σ + ε), log(1 − σ + ε); a minibatch without a positive gives the whole or half the negative term
-    "distill.wbce_eps": (0.0, 1e-6, float),
-    "distill.wbce_no_positive": ("whole", "half", ("whole", "half")),
-    # 5. inner minibatches: one queue across iterations, or a fresh permutation per iteration with the tail dropped
-    "distill.minibatches": ("queue", "permutation", ("queue", "permutation")),
-}
+RECIPES = ("ours", "reference")
+# dotted key: (ours, reference), the expert details and the loop's (each method declares its own: MethodSpec.keys)
+ITEMS = {f"{section}.{name}": key.recipe for section, keys in SECTIONS.items() for name, key in keys.items()
+         if key.recipe}
 CLIP_STATS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # (mean, std)
 
 
@@ -31,42 +19,25 @@ def pixel_stats(recipe, tower):
     return CLIP_STATS if recipe["data.pixel_stats"] == "clip" else (tower.mean, tower.std)
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     pass
 
 
 def recipe_name(cfg):
-    name = cfg.get("recipe") or "ours"
-    if name not in RECIPES:
-        raise RecipeError(f"recipe must be one of {', '.join(RECIPES)}, not {name!r}")
-    return name
+    return cfg.get("recipe") or "ours"
 
 
-def recipe_value(cfg, key):
-    """The value of one detail: the config's own, or the recipe's where the config leaves it null."""
+def recipe_value(cfg, key, pair=None):
+    """The value of one detail: the config's own, or the recipe's where the config leaves it null; `pair`: its
+    (ours, reference) when it is not one of ITEMS (a method's own key)."""
     section, leaf = key.split(".")
     value = (cfg.get(section) or {}).get(leaf)
     if key == "buffer.text_feature_samples" and value is None and not recipe_value(cfg, "buffer.text_encoder_dropout"):
         return 1  # without dropout every encoding is the same: one sample, whatever the recipe
+    ours, reference = pair or ITEMS[key]
     if value is None:
-        ours, reference, _ = ITEMS[key]
         return reference if recipe_name(cfg) == "reference" else ours
-    return _checked(key, value)
-
-
-def _checked(key, value):
-    allowed = ITEMS[key][2]
-    if allowed is int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RecipeError(f"{key} must be a whole number ≥ 1, not {value!r}")
-    elif allowed is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 0.5:
-            raise RecipeError(f"{key} must be a number in [0, 0.5), not {value!r}")
-        value = float(value)
-    elif value not in allowed or type(value) is not type(allowed[0]):
-        raise RecipeError(f"{key} must be one of {', '.join(map(str, allowed))} (or null: the recipe's), "
-                          f"not {value!r}")
-    return value
+    return float(value) if isinstance(ours, float) else value
 
 
 def expert_recipe(cfg):
@@ -86,12 +57,7 @@ def recipe_differences(recorded, wanted):
     return [key for key, value in wanted.items() if recorded.get(key, ITEMS[key][0]) != value]
 
 
-def distill_recipe(cfg):
-    """{leaf: value} of the distill details (wbce_eps, minibatches, ...): what `resolve_method` adds to a distill
-    section."""
-    return {key.split(".")[1]: recipe_value(cfg, key) for key in ITEMS if key.startswith("distill.")}
-
-
-def loss_options(dcfg):
-    """Keyword options of a resolved distill section's loss (only wbce has any: the recipe's ε and no-positive rule)."""
-    return {"eps": dcfg["wbce_eps"], "no_positive": dcfg["wbce_no_positive"]} if dcfg["loss"] == "wbce" else {}
+def distill_recipe(cfg, keys):
+    """{leaf: value} of the distill details among `keys` ({name: common.schema.Key}: the loop's and a method's):
+    what `methods.registry.resolve_method` adds to a distill section."""
+    return {name: recipe_value(cfg, f"distill.{name}", key.recipe) for name, key in keys.items() if key.recipe}

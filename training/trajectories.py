@@ -4,7 +4,7 @@ Tensors: "image" (E+1, |θ^I|) and "text" (E+1, |θ^T|), fp32 or bf16. Metadata:
 (encoders, their weight hashes, image size, dataset), the parameter layouts, and the training log.
 A file is only used where its identity and layouts match the current model.
 
-`python -m utils.trajectories BUFFER_DIR [--json FILE]` tells whether a buffer's segments drift (a direction that
+`python -m training.trajectories BUFFER_DIR [--json FILE]` tells whether a buffer's segments drift (a direction that
 trajectory matching can learn) or random-walk (noise it cannot); see docs/experts.md "Is a buffer worth distilling?".
 """
 import argparse
@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from utils.cli import run
-from utils.io import atomic_write_json, read_tensor_file, save_tensors
+from common.cli import run
+from common.errors import InputError
+from common.io import atomic_write_json, read_tensor_file, save_tensors
 
 FORMAT = "mmdd-expert-v1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _NAME = re.compile(r"expert_(\d+)\.safetensors$")
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(InputError):
     pass
 
 
@@ -305,7 +306,7 @@ def _summary_text(summary):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m utils.trajectories",
+        prog="python -m training.trajectories",
         description="Do a buffer's expert segments drift (matchable) or random-walk (noise)? Run before distilling.")
     parser.add_argument("buffer_dir", metavar="BUFFER_DIR", help="folder of expert_NNN.safetensors files")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")

@@ -16,19 +16,20 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from common.distributed import barrier, join, leave
+from common.errors import BusyError, DivergedError
+from common.io import read_tensor_file, save_tensors
 from data.annotations import load_split
 from data.images import SplitImages, build_transform
 from networks.generator import FrozenCLIP, load_generator, make_trainable
-from utils.distributed import barrier, join, leave
-from utils.io import read_tensor_file, save_tensors
-from utils.losses import diversity, infonce
+from training.losses import diversity, infonce
 
 VAE_RANGE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))   # Normalize(mean, std) taking [0, 1] pixels to [−1, 1]
 SETTINGS = ("generator", "clip", "trainable", "lora_rank", "lr", "momentum", "batch_size", "tau",
             "lambda_div", "lambda_mse", "seed")
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(BusyError):
     pass
 
 
@@ -173,7 +174,7 @@ def finetune(cfg, log=print):
         if done:
             log(f"{path} is finished ({saved_step} steps); nothing to do")
             return path
-    rank, world, device = join(cfg.get("device", "auto"))
+    rank, world, device = join(cfg["device"])
     gen = load_generator(ecfg["generator"]).to(device)
     trainable = make_trainable(gen.unet, ecfg["trainable"], ecfg["lora_rank"])
     clip = FrozenCLIP(ecfg["clip"]).to(device)
@@ -203,7 +204,7 @@ def finetune(cfg, log=print):
             loss = edge_loss(gen, clip, pixels, [split.captions[i] for i in mine], rng, ecfg["tau"],
                              ecfg["lambda_div"], ecfg["lambda_mse"], unet)
         if not math.isfinite(loss.total.item()):
-            raise FloatingPointError(f"EDGE loss became {loss.total.item()} at step {step}; lower edge.lr")
+            raise DivergedError(f"EDGE loss became {loss.total.item()} at step {step}; lower edge.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         optimizer.step()

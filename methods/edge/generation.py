@@ -3,7 +3,7 @@ from a captioner, and the export to the distilled-set artefact (METHOD §5.6–5
 
 The sample folder is `images/0000.png …` + `prompts.json` (the captions and the sampling settings) and,
 once every image exists, a Karpathy-style `dataset.json` (one caption per image; CPI after `caption`),
-the folder format `evaluate.py` and `data.distilled.read_folder` read. Image i is drawn from its own
+the folder format `evaluate.py` and `artefacts.export.read_folder` read. Image i is drawn from its own
 seeded noise, so a resumed run keeps the finished images and makes the rest as an uninterrupted run would.
 """
 import json
@@ -12,15 +12,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from artefacts.distilled import save_distilled
+from artefacts.export import read_folder, write_captions
+from artefacts.pairs import random_pairs
+from common.distributed import pick_device
+from common.errors import BusyError
+from common.io import atomic_path, atomic_write_json
 from data.annotations import load_split
-from data.distilled import random_pairs, write_captions
 from data.images import load_image
-from utils.edge import finetuned_generator
-from utils.io import atomic_path, atomic_write_json
-from utils.training import pick_device
+from methods.edge import EDGE
+from methods.edge.finetune import finetuned_generator
+from training.context import RunContext
 
 
-class SampleError(RuntimeError):
+class SampleError(BusyError):
     pass
 
 
@@ -91,7 +96,7 @@ def sample(cfg, finetuned, folder, log=print):
     names = image_names(n)
     todo = [i for i in range(n) if not (folder / "images" / names[i]).is_file()]
     if todo:
-        gen = finetuned_generator(finetuned).to(pick_device(cfg.get("device", "auto")))
+        gen = finetuned_generator(finetuned).to(pick_device(cfg["device"]))
         scheduler = DDIMScheduler.from_config(gen.scheduler.config)
         size = ecfg["sample_batch_size"]
         log(f"sampling {len(todo)} of {n} images ({n - len(todo)} kept from an earlier run)")
@@ -133,3 +138,14 @@ def caption(cfg, folder, captioner, log=print):
     write_dataset(folder, names, captions, captioned=True)
     log(f"{len(names)} images × {ecfg['cpi']} captions = {len(names) * ecfg['cpi']} pairs in {folder / 'dataset.json'}")
     return captions
+
+
+def export(cfg, folder, out, log=print):
+    """The sampled and captioned `folder` as a distilled-set file `out` (captions encoded by the run's text encoder)."""
+    ctx = RunContext(cfg, splits=(), log=log)
+    dset = read_folder(folder, ctx.text_encoder, ctx.test_transform,
+                       {**ctx.artefact_identity(), "method": EDGE, "seed": cfg["edge"]["seed"],
+                        "cpi": cfg["edge"]["cpi"], "config": cfg})
+    save_distilled(out, dset)
+    log(f"EDGE set of {len(dset)} pairs written to {out}")
+    return out

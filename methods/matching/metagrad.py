@@ -43,7 +43,7 @@ def matching_loss(theta_end, theta_target, denominators):
     return sum((theta_end[t] - theta_target[t]).pow(2).sum() / denominators[t] for t in theta_end)
 
 
-def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, num_steps, merge=False,
+def meta_gradient(mode, step_loss, theta_start, theta_target, lrs, syn, *, num_steps, merge=False,
                   offload="none", scratch=None):
     """(L, {name: ∂L/∂syn[name]}, {tower: ∂L/∂lrs[tower]}) for one trajectory segment.
 
@@ -85,15 +85,13 @@ def _adjoint(step_loss, theta_start, theta_target, lrs, syn, num_steps, denomina
     eta = {t: lr.detach() for t, lr in lrs.items()}
     theta_end = _inner_loop(step_loss, theta_start, eta, {k: v.detach() for k, v in syn.items()}, num_steps, store)
     outer = matching_loss(theta_end, theta_target, denominators)
-    adjoint = {t: 2 * (theta_end[t] - theta_target[t]) / denominators[t] for t in theta_end}
+    backward = _Backward(step_loss, syn, eta, frozen,
+                         adjoint={t: 2 * (theta_end[t] - theta_target[t]) / denominators[t] for t in theta_end},
+                         lr_grads={t: torch.zeros_like(lr) for t, lr in lrs.items()})
     del theta_end  # pass 2, where the peak is, needs nothing else of pass 1
-
-    syn_grads = {k: torch.zeros_like(v) for k, v in syn.items()}
-    lr_grads = {t: torch.zeros_like(lr) for t, lr in lrs.items()}
-    wanted = [k for k, v in syn.items() if v.requires_grad]
     for i in reversed(range(num_steps)):  # pass 2: rebuild each step's graph, pull the adjoint through it
-        _step_back(step_loss, i, store.get(i, theta_start), syn, eta, adjoint, syn_grads, lr_grads, wanted, frozen)
-    return outer, syn_grads, lr_grads
+        backward.step(i, store.get(i, theta_start))
+    return outer, backward.syn_grads, backward.lr_grads
 
 
 def _inner_loop(step_loss, thetas, eta, syn, num_steps, store):
@@ -106,23 +104,33 @@ def _inner_loop(step_loss, thetas, eta, syn, num_steps, store):
     return thetas
 
 
-def _step_back(step_loss, i, theta, syn, eta, adjoint, syn_grads, lr_grads, wanted, frozen):
-    """Step i of pass 2: adds its shares to syn_grads and lr_grads and (unless frozen) takes λ_{i+1} to λ_i, in
-    place. Its θ_i, graph and H_i λ are freed on return, before step i−1 is rebuilt."""
-    leaves = {t: v.requires_grad_(True) for t, v in theta.items()}
-    dots = gradient_dots(step_loss, i, leaves, syn, adjoint)  # g_i^t · λ_{i+1}^t
-    for t, dot in dots.items():
-        lr_grads[t] -= dot.detach()
-    weighted = sum(eta[t] * dot for t, dot in dots.items())
-    inputs = [syn[k] for k in wanted] + ([] if frozen else list(leaves.values()))
-    vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
-    for k, g in zip(wanted, vjp):
-        if g is not None:
-            syn_grads[k] -= g
-    if not frozen:
-        for t, h_lambda in zip(leaves, vjp[len(wanted):]):
-            if h_lambda is not None:
-                adjoint[t] -= h_lambda
+class _Backward:
+    """Pass 2 of `exact`/`tesla`: the adjoint λ (taken from λ_{i+1} to λ_i in place, or frozen at λ_K) and the
+    gradients of the synthetic tensors and the lrs it accumulates, one rebuilt step at a time."""
+
+    def __init__(self, step_loss, syn, eta, frozen, *, adjoint, lr_grads):
+        self.step_loss, self.syn, self.eta, self.frozen = step_loss, syn, eta, frozen
+        self.adjoint, self.lr_grads = adjoint, lr_grads
+        self.syn_grads = {k: torch.zeros_like(v) for k, v in syn.items()}
+        self.wanted = [k for k, v in syn.items() if v.requires_grad]
+
+    def step(self, i, theta):
+        """Step i: adds its shares to syn_grads and lr_grads and (unless frozen) takes λ_{i+1} to λ_i. Its θ_i,
+        graph and H_i λ are freed on return, before step i−1 is rebuilt."""
+        leaves = {t: v.requires_grad_(True) for t, v in theta.items()}
+        dots = gradient_dots(self.step_loss, i, leaves, self.syn, self.adjoint)  # g_i^t · λ_{i+1}^t
+        for t, dot in dots.items():
+            self.lr_grads[t] -= dot.detach()
+        weighted = sum(self.eta[t] * dot for t, dot in dots.items())
+        inputs = [self.syn[k] for k in self.wanted] + ([] if self.frozen else list(leaves.values()))
+        vjp = torch.autograd.grad(weighted, inputs, allow_unused=True)
+        for k, g in zip(self.wanted, vjp):
+            if g is not None:
+                self.syn_grads[k] -= g
+        if not self.frozen:
+            for t, h_lambda in zip(leaves, vjp[len(self.wanted):]):
+                if h_lambda is not None:
+                    self.adjoint[t] -= h_lambda
 
 
 def gradient_dots(step_loss, i, thetas, syn, adjoint):
@@ -188,7 +196,8 @@ class InnerLoop:
     similarity block as targets, under its own random seed `seeds[i]` (dropout, blending), so a step
     rebuilt in the backward pass is the very step of the forward pass."""
 
-    def __init__(self, student, loss_fn, similarity, batches, seeds, blend=False, precision="fp32", segments=None):
+    def __init__(self, student, loss_fn, similarity, batches, seeds, *, blend=False, precision="fp32",
+                 segments=None):
         self.student, self.loss_fn, self.similarity = student, loss_fn, similarity
         self.batches, self.seeds, self.blend = batches, [int(s) for s in seeds], blend
         self.bf16 = precision == "bf16"  # the image tower under bf16 autocast; θ, λ, the set and the loss stay fp32

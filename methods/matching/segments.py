@@ -2,8 +2,8 @@
 checked once and read a segment at a time, and the one seeded stream every draw comes from."""
 import torch
 
-from utils.experts import check_expert
-from utils.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
+from training.experts import check_expert
+from training.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
 
 
 class ExpertPool:

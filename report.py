@@ -1,0 +1,39 @@
+"""Results tables: gather evaluate.py result files into one table per dataset and budget, with the published
+reference numbers alongside (evaluation/report.py renders them).
+
+    python report.py runs/tuxpaint/bench/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
+        [--plot report.png]
+"""
+import argparse
+from pathlib import Path
+
+from common.cli import run
+from common.errors import InputError
+from common.io import atomic_write_text
+from evaluation.report import plot, read_results, tables
+from evaluation.students import PROTOCOLS
+from methods import reference
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="JSON files written by evaluate.py")
+    parser.add_argument("--protocol", default="val-selected", choices=(*PROTOCOLS, "all"))
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    parser.add_argument("--plot", type=Path, help="also draw mean recall against budget into this PNG")
+    args = parser.parse_args(argv)
+    if args.plot and args.plot.suffix.lower() != ".png":
+        raise InputError(f"--plot {args.plot}: the picture is a PNG; give a path that ends in .png")
+    protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
+    entries = read_results(args.results)
+    text = tables(entries, protocols, reference())
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    if args.plot:
+        plot(entries, protocols, args.plot, reference())
+    return text
+
+
+if __name__ == "__main__":
+    run(main)

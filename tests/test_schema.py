@@ -1,0 +1,85 @@
+"""The one config schema (common/schema.py, common/config.py): what a file may hold, the defaults code reads,
+the method's own keys from the registry, and --help."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from common.config import ConfigError, Schema, load_config
+from common.schema import SECTIONS
+from methods import method_keys
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SCHEMA = Schema(method_keys())
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_every_key_of_a_section_the_config_has(tmp_path):
+    cfg = load_config(write(tmp_path, "buffer: {out_dir: b, epochs: 3}\n"), schema=SCHEMA)
+    assert cfg["buffer"]["epochs"] == 3 and set(cfg["buffer"]) == set(SECTIONS["buffer"])
+    assert cfg["buffer"]["augment"] is SECTIONS["buffer"]["augment"].default and cfg["device"] == "auto"
+    assert "data" not in cfg  # a section the config lacks stays absent where it needs a path (data.name, …)
+    assert cfg["evaluate"]["students"] == SECTIONS["evaluate"]["students"].default  # and is all defaults elsewhere
+
+
+def test_every_shipped_config_is_complete_already(tmp_path):
+    """Filling defaults changes none of the shipped configs: what a run records is what it was given."""
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        given = load_config(path)
+        assert load_config(path, schema=SCHEMA) == given, path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bufer: {epochs: 1}\n", "unknown config section or top-level key 'bufer' (did you mean buffer?)"),
+    ("buffer: {out_dir: b, epochz: 1}\n", "unknown config key 'buffer.epochz' (did you mean buffer.epochs?)"),
+    ("buffer: 5\n", "config section buffer must be a mapping of keys to values, not 5"),
+    ("buffer: {epochs: 1}\n", "buffer.out_dir is required"),
+    ("data: {name: x, annotations: a.json, image_root: i, pixel_stats: imagenet}\n",
+     "data.pixel_stats must be one of model, clip (or null), not 'imagenet'"),
+    ("recipe: paper\n", "recipe must be one of ours, reference, not 'paper'"),
+    ("distill: {method: lors, budget: 5, lr_image: 1, lr_text: 1, out_dir: o, wbce_eps: 0.7}\n",
+     "distill.wbce_eps must be a number ≥ 0 and < 0.5 (or null), not 0.7"),
+    ("distill: {method: nope, budget: 5, lr_image: 1, lr_text: 1, out_dir: o}\n",
+     "distill.method must be one of mtt-vl, tesla-vl, lors, repblend"),
+    ("evaluate: {lr_grid: [0.1, 0]}\n", "evaluate.lr_grid must be a non-empty list of numbers > 0"),
+])
+def test_a_bad_file_is_refused_naming_the_key_and_the_file(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), schema=SCHEMA)
+    assert message in str(err.value)
+
+
+def test_an_override_may_set_a_declared_key_the_file_leaves_out(tmp_path):
+    path = write(tmp_path, "buffer: {out_dir: b}\n")
+    assert load_config(path, [("buffer.seed", "4")], schema=SCHEMA)["buffer"]["seed"] == 4
+    with pytest.raises(ConfigError, match="unknown config key 'buffer.sed'"):
+        load_config(path, [("buffer.sed", "4")], schema=SCHEMA)
+
+
+def test_help_lists_the_keys_an_entry_point_reads_with_their_defaults():
+    out = subprocess.run([sys.executable, "distill.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "--distill.iterations" in out and "default 3000" in out
+    assert "distill.method lors also reads:" in out and "--distill.sim_rank" in out
+    assert "--data.image_size" in out and "--train.epochs" not in out
+    assert "null: the recipe's (ours 0.0, reference 1e-06)" in out  # distill.wbce_eps
+
+
+def test_a_recipe_value_is_refused_before_any_model_loads(tmp_path):
+    """--distill.wbce_eps 0.7 used to fail only after both encoders had loaded and every caption was encoded."""
+    run = subprocess.run([sys.executable, "distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.wbce_eps",
+                          "0.7", "--distill.out_dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and "distill.wbce_eps must be a number ≥ 0 and < 0.5" in run.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_yaml_types_of_the_loader_are_kept(tmp_path):
+    cfg = load_config(write(tmp_path, "buffer: {out_dir: b, lr_image: 1e-2}\n"), schema=SCHEMA)
+    assert cfg["buffer"]["lr_image"] == 0.01 and yaml.safe_dump(cfg)  # a float, and the config saves as YAML
