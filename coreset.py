@@ -4,7 +4,7 @@ evaluated like every other method.
     python coreset.py --config configs/tuxpaint/buffer.yaml --method herding --budget 50 --out runs/tuxpaint/herding_50.safetensors
 
 - random: N pairs drawn with --seed (the same draw as distillation's initial set);
-- herding, k-center: on the joint (image, text) embeddings of an expert snapshot (--expert, --expert-epoch);
+- herding, k-center, k-means: on the joint (image, text) embeddings of an expert snapshot (--expert, --expert-epoch);
 - forgetting: replays expert 0's training (buffer.* recipe and seed), counting per pair how often it was
   forgotten, and keeps the N forgotten most often (methods/coresets.py).
 """
@@ -24,7 +24,7 @@ def _flags(parser):
     parser.add_argument("--budget", type=int, required=True, help="number of real pairs")
     parser.add_argument("--seed", type=int, default=0, help="random draw, k-center's first pick, forgetting's ties")
     parser.add_argument("--expert", type=Path,
-                        help="expert file whose embeddings herding/k-center use (default: expert 0 of buffer.out_dir)")
+                        help="expert file whose embeddings herding/k-center/k-means use (default: expert 0 of buffer.out_dir)")
     parser.add_argument("--expert-epoch", type=int, help="its snapshot (default: the last)")
     parser.add_argument("--out", type=Path, required=True, help="distilled-set file to write")
 

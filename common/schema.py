@@ -155,7 +155,9 @@ SECTIONS = {
         "lr_image": Key(REQUIRED, POSITIVE, "SGD lr of the synthetic images (normalised pixel space)"),
         "lr_text": Key(REQUIRED, POSITIVE, "SGD lr of the synthetic text features"),
         "momentum": Key(0.5, FRACTION, "SGD momentum of every learned tensor"),
-        "init": Key("real", one_of("real", "noise"), "initial set: random real pairs, or noise"),
+        "init": Key("real", one_of("real", "noise", "kmeans"),
+                    "initial set: random real pairs, noise, or the pairs nearest k-means centroids of the teacher's "
+                    "features"),
         "init_augment": Key(None, nullable(BOOL), "initial images through the train transform (random crops)",
                             recipe=(False, True)),
         "segments_per_iteration": Key(1, COUNT, "work items averaged per iteration, shared by torchrun processes"),

@@ -1,7 +1,8 @@
 """Coreset selection (METHOD §6): which N real training pairs to keep, as a distilled set with S = I.
 
 - random: N pairs drawn with a seed (the same draw as distillation's initial set);
-- herding, k-center: on the joint (image, text) embeddings of an expert snapshot (`joint_embeddings`);
+- herding, k-center, k-means (the pairs nearest N centroids: MDM's initialisation): on the joint (image, text)
+  embeddings of an expert snapshot (`joint_embeddings`);
 - forgetting: replays expert 0's training (buffer.* recipe and seed), counting per pair how often it was
   forgotten (`ForgettingCounter`), and keeps the N forgotten most often.
 `herding` and `k_center` return indices into the rows they were given; `select` into the training split's captions.
@@ -16,7 +17,7 @@ from training.experts import expert_seed, expert_students, fit_expert
 from training.fit import encode_split
 from training.trajectories import expert_path
 
-CORESETS = ("random", "herding", "k-center", "forgetting")
+CORESETS = ("random", "herding", "k-center", "k-means", "forgetting")
 # METHOD §8 (NFNet-l0 + BERT): the random coreset's "IR@1/5/10 · TR@1/5/10", as the papers report it (last epoch)
 PUBLISHED = {"random": ("last epoch", {
     "flickr30k": {100: "1.0/4.0/6.5 · 1.3/5.9/10.1", 200: "1.1/4.8/9.2 · 2.1/8.7/13.2",
@@ -66,6 +67,21 @@ def k_center(features, n, seed=0):
         nearest = torch.minimum(nearest, distance)
         nearest[picks] = -1.0  # never pick a row twice, even among duplicates at distance 0
         picks.append(int(nearest.argmax()))
+    return torch.tensor(picks)
+
+
+def kmeans(features, n, seed=0):
+    """The rows nearest each of n k-means centroids (scikit-learn's KMeans, seeded) of the rows as unit vectors, so
+    the clusters are those of the cosine; a centroid whose nearest row is taken gets its nearest untaken one."""
+    from sklearn.cluster import KMeans
+    _check_budget(n, len(features))
+    rows = torch.nn.functional.normalize(features.double(), dim=1)
+    centroids = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(rows.numpy()).cluster_centers_
+    distance = torch.cdist(torch.from_numpy(centroids), rows)
+    taken, picks = torch.zeros(len(rows), dtype=torch.bool), []
+    for row in distance:
+        picks.append(int(row.masked_fill(taken, float("inf")).argmin()))
+        taken[picks[-1]] = True
     return torch.tensor(picks)
 
 
@@ -133,5 +149,6 @@ def select(ctx, method, budget, seed, expert=None, expert_epoch=None):
     students, meta = expert_students(ctx, expert, None if expert_epoch is None else [expert_epoch])
     epoch, student = students[-1]
     features = joint_embeddings(ctx, student)
-    picks = herding(features, budget) if method == "herding" else k_center(features, budget, seed)
+    picks = {"herding": lambda: herding(features, budget), "k-center": lambda: k_center(features, budget, seed),
+             "k-means": lambda: kmeans(features, budget, seed)}[method]()
     return picks, {"expert": str(expert), "expert_epoch": epoch}

@@ -42,6 +42,7 @@ class Method:
 
     - `initial_set`: the DistilledSet at iteration 0 (its metadata says what made it);
     - `groups(leaves)`: [(leaf names, lr)], one SGD-momentum group each, in a fixed order;
+    - `advance(iteration)`: once per iteration, on every rank alike, before the work (a model that moves);
     - `draw()`: the next work item from the method's seeded stream (every rank draws every item);
     - `gradient(item, leaves, dset)`: (loss tensor, {leaf name: gradient}) of one item, `dset` the set as it stands;
     - `state()` / `load_state(tensors)`: the stream's state, saved in each checkpoint;
@@ -49,6 +50,9 @@ class Method:
     - `scratch`: a folder under out_dir the method may fill during an iteration (emptied before and after the run).
     """
     scratch = None
+
+    def advance(self, iteration):
+        pass
 
     def state(self):
         return {}
@@ -112,6 +116,7 @@ class Distillation:
     def step(self, iteration):
         """One outer iteration; returns its loss, the mean over its work items (raises, changing nothing, if it is
         not finite)."""
+        self.method.advance(iteration)
         draws = [self.method.draw() for _ in range(self.per_iteration)]  # every rank draws all P: the stream stays one
         if self.per_iteration == 1:
             loss, grads = self.method.gradient(draws[0], self.leaves(), self.dset)

@@ -16,7 +16,7 @@ from artefacts.export import export_distilled
 from artefacts.folder import EXPORT_FORMAT
 from common.cli import run
 from common.visuals import to_uint8
-from methods.matching.segments import ExpertPool
+from training.experts import ExpertPool
 from training.similarity import Similarity
 from training.trajectories import TrajectoryError, expert_path, read_snapshots, save_expert
 

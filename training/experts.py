@@ -17,7 +17,7 @@ from training.context import RunContext
 from training.fit import pair_loader, student_optimizer, train_epoch
 from training.recipe import ITEMS, recipe_differences
 from training.trajectories import (TrajectoryError, check_compatible, expert_files, expert_index, expert_path,
-                                   load_expert, read_metadata, save_expert)
+                                   load_expert, read_metadata, read_snapshots, save_expert)
 
 
 def expert_seed(base_seed, index):
@@ -180,3 +180,31 @@ def expert_students(ctx, path, epochs=None):
         student.load_flat({tower: thetas[epoch] for tower, thetas in snapshots.items()})
         students.append((epoch, student))
     return students, meta
+
+
+class ExpertPool:
+    """The buffer's expert files, all checked up front; a segment (θ_s, θ_{s+E}) is read when needed."""
+
+    def __init__(self, buffer_dir, identity, layouts, last_epoch, trainable="full", needed_by="distillation"):
+        self.files = expert_files(buffer_dir)
+        if not self.files:
+            raise TrajectoryError(f"no expert files (expert_*.safetensors) in {buffer_dir}, which {needed_by} reads: "
+                                  f"run buffer.py with this config first, or point buffer.out_dir at a finished "
+                                  f"buffer")
+        for path in self.files:
+            meta = read_metadata(path)
+            check_expert(meta, identity, layouts, trainable, path)
+            saved = meta["shapes"]["image"][0] - 1
+            if saved < last_epoch:
+                raise TrajectoryError(f"buffer file {path} holds epochs 0..{saved}, but {needed_by} reads up to "
+                                      f"epoch {last_epoch}; lower distill.max_start_epoch (or expert_epochs) or "
+                                      f"train experts for more epochs")
+
+    def segment(self, expert, start, span, device):
+        """(θ_start, θ_{start+span}) of one expert, {tower: flat θ} each."""
+        return tuple(self.snapshots(expert, [start, start + span], device))
+
+    def snapshots(self, expert, epochs, device):
+        """[{tower: flat θ}] of one expert at each of `epochs`."""
+        snaps = read_snapshots(self.files[expert], epochs)
+        return [{t: v[i].to(device) for t, v in snaps.items()} for i in range(len(epochs))]

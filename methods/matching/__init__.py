@@ -7,15 +7,16 @@ from pathlib import Path
 
 import torch
 
-from artefacts.pairs import random_pairs, real_pairs
 from common.errors import ConfigError, DivergedError
 from common.schema import BOOL, COUNT, FRACTION, POSITIVE, Key, nullable, number, one_of, per_tower
+from methods.init import initial_pairs, kmeans_teacher
 from methods.loop import Method
 from methods.matching.metagrad import MODES, OFFLOADS, InnerLoop, meta_gradient
-from methods.matching.segments import ExpertPool, Sampler
+from methods.matching.segments import Sampler
 from methods.registry import MethodSpec, register
 from networks.checkpointing import checkpoint_blocks
 from networks.forward_mode import build_chain, chain_matches
+from training.experts import ExpertPool
 from training.fit import tower_lrs
 from training.losses import LOSSES, get_loss
 from training.similarity import KINDS, Similarity
@@ -63,22 +64,12 @@ def synthetic_pairs(d):
     return d["budget"] - 1 if d["reserve_pair"] else d["budget"]
 
 
-def initial_set(ctx, d, n):
-    """N random real training pairs (test transform, or with distill.init_augment the train transform drawn from
-    the seed), or noise; S at its start; lrs at lr_teacher."""
-    train, augment = ctx.splits["train"], d["init_augment"]
-    meta = {**ctx.artefact_identity(), "method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
-            "loss_options": loss_options(d), "budget": d["budget"], "seed": d["seed"],
-            "init": d["init"], "init_augment": augment}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(d["seed"])
-        dset = real_pairs(train, ctx.features["train"], ctx.train_transform if augment else ctx.test_transform,
-                          random_pairs(train, n, d["seed"]), meta)
-    if d["init"] == "noise":
-        gen = torch.Generator().manual_seed(d["seed"])
-        dset.images = torch.randn(dset.images.shape, generator=gen)
-        feats = ctx.features["train"]
-        dset.text_features = feats.mean(0) + feats.std(0) * torch.randn(dset.text_features.shape, generator=gen)
+def initial_set(ctx, d, n, teacher=None, log=print):
+    """The N pairs of distill.init (methods/init.py; `teacher`: the student k-means clusters the features of); S at
+    its start; lrs at lr_teacher."""
+    dset = initial_pairs(ctx, d, n, teacher, log)
+    dset.meta.update({"method": d["method"], "loss": d["loss"], "metagrad": d["metagrad"],
+                      "loss_options": loss_options(d)})
     dset.similarity = Similarity(d["sim_type"], n, d["sim_rank"], d["sim_alpha"],
                                  generator=torch.Generator().manual_seed(d["seed"] + 1))
     dset.lrs = tower_lrs(d["lr_teacher"], "distill.lr_teacher")
@@ -119,7 +110,9 @@ class TrajectoryMatching(Method):
             if d[key] > n:
                 raise ConfigError(f"distill.{key} {d[key]} is larger than the {n} synthetic pairs of budget "
                                   f"{d['budget']}; choose at most {n}")
-        return cls(d, student, pool, initial_set(ctx, d, n), ctx.device, Path(d["out_dir"]), log)
+        last_epoch = d["max_start_epoch"] - 1 + d["expert_epochs"]
+        teacher = kmeans_teacher(ctx, d, cfg["buffer"]["out_dir"], last_epoch) if d["init"] == "kmeans" else None
+        return cls(d, student, pool, initial_set(ctx, d, n, teacher, log), ctx.device, Path(d["out_dir"]), log)
 
     def groups(self, leaves):
         d = self.d

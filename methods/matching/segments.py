@@ -1,31 +1,6 @@
-"""The expert segments and synthetic minibatches of distillation's outer loop (METHOD §4): the buffer's experts,
-checked once and read a segment at a time, and the one seeded stream every draw comes from."""
+"""The one seeded stream every draw of trajectory matching comes from (METHOD §4): experts, start epochs, synthetic
+minibatches and the inner steps' seeds (the experts themselves: training.experts.ExpertPool)."""
 import torch
-
-from training.experts import check_expert
-from training.trajectories import TrajectoryError, expert_files, read_metadata, read_snapshots
-
-
-class ExpertPool:
-    """The buffer's expert files, all checked up front; a segment (θ_s, θ_{s+E}) is read when needed."""
-
-    def __init__(self, buffer_dir, identity, layouts, last_epoch, trainable="full"):
-        self.files = expert_files(buffer_dir)
-        if not self.files:
-            raise TrajectoryError(f"no expert files (expert_*.safetensors) in {buffer_dir}: run buffer.py with "
-                                  f"this config first, or point buffer.out_dir at a finished buffer")
-        for path in self.files:
-            meta = read_metadata(path)
-            check_expert(meta, identity, layouts, trainable, path)
-            saved = meta["shapes"]["image"][0] - 1
-            if saved < last_epoch:
-                raise TrajectoryError(f"buffer file {path} holds epochs 0..{saved}, but distillation reads up to "
-                                      f"epoch {last_epoch} (max_start_epoch - 1 + expert_epochs); lower them or "
-                                      f"train experts for more epochs")
-
-    def segment(self, expert, start, span, device):
-        snaps = read_snapshots(self.files[expert], [start, start + span])
-        return ({t: v[0].to(device) for t, v in snaps.items()}, {t: v[1].to(device) for t, v in snaps.items()})
 
 
 class Sampler:
