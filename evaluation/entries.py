@@ -32,6 +32,8 @@ def describe(dset, path):
     name = f"{method} · {metagrad}" if metagrad else method
     if dset.made_with("distill.precision") == "bf16":  # not fp32: say so
         name += ", bf16"
+    if dset.meta.get("chosen_on") == "val":  # distill.eval_every's best set: say which iteration, chosen how
+        name += f", iteration {dset.meta['iteration']} chosen on val"
     if dset.meta.get("iteration") == 0:  # a distillation's starting point: a control, not a distilled set
         name, metagrad = f"{method} at {CONTROL}", CONTROL
     return {"model": f"{name} ({len(dset)} pairs)", "method": method, "metagrad": metagrad,

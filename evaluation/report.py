@@ -1,5 +1,5 @@
 """The one results renderer: the row label of a result entry, the tables of one evaluate.py run, the tables and the
-plot over many runs (report.py), with the published reference numbers of METHOD §8 (docs/methods.md) alongside,
+plot over many runs (report.py), with the published reference numbers of METHOD §8 alongside,
 marked as published with the protocol they were reported under.
 
 Full-data rows (no budget) appear in every table of their dataset. The plot draws mean recall (± std) against budget,

@@ -35,6 +35,7 @@ RESUMABLE_KEYS = {"distill.iterations", "distill.checkpoint_every", "distill.eva
                   "distill.out_dir", "distill.offload", "distill.checkpoint_activations", "device", "cache_dir",
                   "evaluate", "log"}  # (checkpointing changes no number; distill.precision does, so it is not here)
 RUN_KEYS = ("iteration", "losses", "config", "format")  # metadata of a checkpoint, not of the set
+BEST = "best_val.safetensors"  # with eval_every: the set of the iteration whose students did best on val
 
 
 class Method:
@@ -242,12 +243,19 @@ class Distillation:
         return dset
 
     def evaluate(self, iteration):
+        """Quick students on val; the set of the best iteration so far is kept as best_val.safetensors (labelled
+        as chosen on val), so the iteration is chosen without the test split."""
         ecfg = {**self.cfg["evaluate"], "students": self.dcfg["eval_students"], "checkpoint_every": 0}
-        curves = student_curves(self.ctx, self.current_set(), ecfg, ("val",), log=lambda _: None)
+        dset = self.current_set()
+        curves = student_curves(self.ctx, dset, ecfg, ("val",), log=lambda _: None)
         recall = mean_std([curve["val"][-1] for curve in curves])
         self.board.recall(iteration, "val", recall)
         self.log(f"iteration {iteration}: val mean recall {recall['mean'][0]:.2f} ± {recall['mean'][1]:.2f} "
                  f"({ecfg['students']} students)")
+        best = self.out_dir / BEST
+        if self.rank == 0 and (not best.is_file() or recall["mean"][0] > load_distilled(best).meta["val_mean_recall"]):
+            save_distilled(best, dset, extra_meta={"iteration": iteration, "chosen_on": "val",
+                                                   "val_mean_recall": recall["mean"][0], "config": self.cfg})
 
 
 def _differences(saved, current, prefix=""):

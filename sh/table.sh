@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce METHOD §8's table for one dataset: sh/table.sh flickr30k|coco (or sh/table_flickr30k.sh, sh/table_coco.sh).
 # First `python -m data.prepare DATASET` checks the download (PREPARE_ARGS="--full-decode" to decode every image).
-# Experts, the four coresets, MTT-VL, TESLA-VL and LoRS at each budget of BUDGETS (default "100 200 500 1000"), full
+# Experts, the four coresets, MTT-VL, TESLA-VL, LoRS, CovMatch and MDM at each budget of BUDGETS (default "100 200 500 1000"), full
 # data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (docs/data.md).
 # MTT-VL and TESLA-VL use their published 100-pair settings at every budget; LoRS uses configs/<dataset>/lors_<budget>.yaml
 # (lors_1000 is our extrapolation). EDGE=1 adds EDGE (sh/edge.sh; one fine-tuning for all budgets). Finished experts,
@@ -31,6 +31,12 @@ for budget in $BUDGETS; do
   done
   sh/launch.sh distill.py "$configs/lors_$budget.yaml" --distill.out_dir "$OUT/lors_$budget" ${DISTILL_ARGS:-}
   sets+=("$OUT/lors_$budget/distilled.safetensors")
+  for method in covmatch mdm; do  # trajectory-free: published settings at 100/200/500, the 500 ones beyond
+    config=$configs/${method}_$budget.yaml
+    [ -f "$config" ] || config=$configs/${method}_500.yaml
+    sh/launch.sh distill.py "$config" --distill.budget "$budget" --distill.out_dir "$OUT/${method}_$budget" ${DISTILL_ARGS:-}
+    sets+=("$OUT/${method}_$budget/distilled.safetensors")
+  done
   if [ "${EDGE:-0}" = 1 ]; then  # needs Stable Diffusion v1.5, CLIP and LLaVA-1.5 locally (docs/edge.md)
     OUT=$OUT/edge EVALUATE=0 sh/edge.sh "$dataset" "$budget"
     sets+=("$OUT/edge/budget_$budget/distilled.safetensors")

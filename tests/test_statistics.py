@@ -134,3 +134,19 @@ def test_mdm_merges_experts_and_without_a_buffer_is_refused(distill_base, tmp_pa
     with pytest.raises(ConfigError, match="max_start_epoch must be ≥ 2"):
         Distillation.from_context(ctx, cfg, log=_quiet)
     assert not (tmp_path / "mdm2").exists() and StatisticsMatching
+
+
+def test_eval_every_keeps_the_set_best_on_val_and_labels_it(covmatch_cfg, tmp_path):
+    from evaluation.entries import describe
+    covmatch_cfg["distill"].update(eval_every=2, eval_students=1)
+    covmatch_cfg["evaluate"].update(epochs=2)
+    logged = []
+    ctx = RunContext(covmatch_cfg, splits=("train", "val"), log=_quiet)
+    Distillation.from_context(ctx, covmatch_cfg, log=logged.append).run()
+    recalls = {int(line.split()[1].rstrip(":")): float(line.split("val mean recall ")[1].split()[0])
+               for line in logged if "val mean recall" in line}
+    best = load_distilled(tmp_path / "covmatch" / "best_val.safetensors")
+    assert sorted(recalls) == [2, 4] and best.meta["chosen_on"] == "val"
+    assert round(best.meta["val_mean_recall"], 2) == max(recalls.values())
+    assert recalls[best.meta["iteration"]] == max(recalls.values())
+    assert f"iteration {best.meta['iteration']} chosen on val" in describe(best, "best_val.safetensors")["model"]

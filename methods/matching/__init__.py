@@ -1,4 +1,4 @@
-"""Trajectory matching (METHOD §4 in docs/methods.md): MTT-VL, TESLA-VL, LoRS and RepBlend, one `Method` with four
+"""Trajectory matching (METHOD §4): MTT-VL, TESLA-VL, LoRS and RepBlend, one `Method` with four
 presets. Each work item is an expert segment (θ_s, θ_{s+E}) of buffer.py's experts; its gradient is the
 meta-gradient (`unroll`, `tesla` or `exact`: methods/matching/metagrad.py) of the distance the inner loop's student
 ends from θ_{s+E}. Learned: images, text features, the similarity factors (LoRS, RepBlend) and one student lr per tower.
