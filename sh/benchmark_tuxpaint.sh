@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Tux Paint benchmark (docs/tuxpaint.md, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
-# MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads) at each budget of BUDGETS (default "10 50"),
+# MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads), CovMatch and MDM (statistics matching; each also
+# timed: OUT/<method>_<budget>.time) at each budget of BUDGETS (default "10 50"),
 # STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
 # kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget (OUT/report.md) and a plot of
 # recall against budget (OUT/report.png).
@@ -9,7 +10,8 @@
 # Every result is its own JSON in OUT and is kept when the script is rerun, so an interrupted run resumes, and
 # parts can run side by side once the experts exist (`BUDGETS= sh/benchmark_tuxpaint.sh` trains them), e.g.
 # `BUDGETS=10 sh/benchmark_tuxpaint.sh & BUDGETS=50 ROWS="lors repblend" sh/benchmark_tuxpaint.sh &`.
-# Needs the demo data (`make data`); the experts of configs/tuxpaint/buffer{,_heads}.yaml are trained if missing.
+# Needs the demo data (`make data`) and GNU time (/usr/bin/time); the experts of configs/tuxpaint/buffer{,_heads}.yaml
+# are trained if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -17,7 +19,7 @@ OUT=${OUT:-runs/tuxpaint/bench}
 BUDGETS=${BUDGETS-"10 50"}  # set and empty: only the experts and full data
 STUDENTS=${STUDENTS:-5}
 GRID=${GRID:-"[0.01, 0.03, 0.1]"}
-ROWS=${ROWS:-"random herding k-center forgetting mtt-vl tesla-vl lors repblend"}  # methods to run (and their controls)
+ROWS=${ROWS:-"random herding k-center forgetting mtt-vl tesla-vl lors repblend covmatch mdm"}  # methods (and controls)
 FULL_EPOCHS=${FULL_EPOCHS:-12}
 export HF_HUB_OFFLINE=1
 full=configs/tuxpaint/buffer.yaml
@@ -66,6 +68,18 @@ for budget in $BUDGETS; do
 lrs = load_distilled('$OUT/${method}_$budget/distilled.safetensors').lrs
 print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
     evaluate "${method}-start-learned-lr_$budget.json" $config --distilled "$start" --evaluate.lr_grid "$learned"
+  done
+  # statistics matching: no learned lr, so the set and its starting point (distill.init) both get theirs on val
+  for method in covmatch mdm; do
+    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
+    [ -f "$OUT/${method}_$budget/distilled.safetensors" ] || \
+      { /usr/bin/time -f "%e s wall, %U+%S s CPU, %M KB peak" -o "$OUT/${method}_$budget.time" \
+          $PY distill.py --config "configs/tuxpaint/$method.yaml" --distill.budget "$budget" \
+          --distill.out_dir "$OUT/${method}_$budget"; }
+    evaluate "${method}_$budget.json" configs/tuxpaint/$method.yaml --distilled "$OUT/${method}_$budget/distilled.safetensors"
+    distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
+    evaluate "${method}-start_$budget.json" configs/tuxpaint/$method.yaml \
+      --distilled "$OUT/${method}-start_$budget/distilled.safetensors"
   done
 done
 $PY report.py "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"
