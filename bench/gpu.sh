@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of the benchmarks: bench/gpu.sh [metagrad|students|edge|all] [OUT_DIR]  (one H100 or H200)
+# The GPU rows of the benchmarks: bench/gpu.sh [metagrad|students|edge|trajectory-free|all] [OUT_DIR]  (one H100 or H200)
 # Each table is printed and saved to OUT_DIR (default runs/bench-gpu). Random-init NFNet-l0, BERT-base and SD-1.5
 # have the true shapes, so no weights or data are needed. Each part fits in one 10-minute device call.
 set -euo pipefail
@@ -24,4 +24,10 @@ if [ "$part" = students ] || [ "$part" = all ]; then  # does evaluate.together p
 fi
 if [ "$part" = edge ] || [ "$part" = all ]; then
   $PY bench/edge.py --sd15 --batch 1 --steps 3 --images 1 | tee "$out/edge_sd15.txt"
+fi
+if [ "$part" = trajectory-free ] || [ "$part" = all ]; then  # CovMatch and MDM at the published Flickr30K shapes
+  for config in covmatch_100 mdm_100 covmatch_500 mdm_500; do
+    $PY bench/trajectory_free.py --config "configs/flickr30k/$config.yaml" --iterations 5 --warmup 2 \
+      | tee "$out/trajectory_free_$config.txt"
+  done
 fi
