@@ -46,6 +46,13 @@ def emit(result):
     print(MARK + json.dumps(result), flush=True)
 
 
+def answered_as_child(cfg, args, run_case):
+    """In a child process (`--case` given): measure with `run_case(cfg, args)`, print the answer, and say so."""
+    if args.case:
+        emit(run_case(cfg, args))
+    return bool(args.case)
+
+
 def run_child(script, argv, label):
     """Run `script argv` in a fresh process; echo its output, return its JSON answer (None if it failed)."""
     env = dict(os.environ, TQDM_DISABLE="1")  # no progress bars in the figures

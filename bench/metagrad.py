@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
-from bench.common import emit, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
+from bench.common import answered_as_child, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
 
 DEMO_CONFIG = "configs/tuxpaint/lors.yaml"
 
@@ -160,8 +160,7 @@ def report(results):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, args = parse(argv)
-    if args.case:
-        emit(run_case(cfg, args))
+    if answered_as_child(cfg, args, run_case):
         return
     results = {}
     for steps in args.steps:

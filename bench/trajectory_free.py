@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
-from bench.common import emit, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
+from bench.common import answered_as_child, image_tower, peak_memory, reset_peak, run_child, sync  # noqa: E402
 from bench.metagrad import text_width  # noqa: E402
 
 
@@ -132,8 +132,7 @@ def parse(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, args = parse(argv)
-    if args.case:
-        emit(run_case(cfg, args))
+    if answered_as_child(cfg, args, run_case):
         return
     result = run_child(__file__, [*argv, "--case"], cfg["distill"]["method"])
     if result:
