@@ -4,7 +4,8 @@
   `reset_every` iterations to the pretrained image tower and a fresh text head;
 - `merged` (MDM): a frozen teacher redrawn every iteration by merging two checkpoints of one expert of buffer.py
   around that expert's epoch 0 (`merge`);
-- `fixed`: one θ (the pretrained tower and a head from the seed), whose real features are computed once.
+- `fixed`: one θ (the pretrained tower and a head from the seed). Its real features could be computed once for the
+  whole split; they are still computed per batch, as for the others.
 
 The model never gets a gradient from the matching loss: the synthetic features are differentiated with respect to
 the synthetic tensors only.
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.statistics.losses import Features
+from training.fit import tower_lrs
 from training.losses import infonce
 
 
@@ -38,8 +40,6 @@ def features(student, images, texts, thetas=None):
 
 
 class OnlineModel:
-    kind = "online"
-
     def __init__(self, ctx, d, real):
         self.ctx, self.d, self.real = ctx, d, real
         self.student = None
@@ -50,8 +50,7 @@ class OnlineModel:
         if iteration % self.d["reset_every"] == 0 or self.student is None:
             self.student = self.ctx.new_student(self.d["seed"] + iteration // self.d["reset_every"])
         images, texts = self.real.batch(draw["online"])
-        lrs = self.d["online_lr"] if isinstance(self.d["online_lr"], dict) else \
-            {"image": self.d["online_lr"], "text": self.d["online_lr"]}
+        lrs = tower_lrs(self.d["online_lr"], "distill.online_lr")
         self.student.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(draw["online_seed"])
@@ -79,8 +78,6 @@ class OnlineModel:
 
 
 class MergedModel:
-    kind = "merged"
-
     def __init__(self, ctx, d, pool):
         self.d, self.pool, self.device = d, pool, ctx.device
         self.student = ctx.new_student(d["seed"]).eval()
@@ -102,8 +99,6 @@ class MergedModel:
 
 
 class FixedModel:
-    kind = "fixed"
-
     def __init__(self, ctx, d):
         self.student = ctx.new_student(d["seed"]).eval()
 
