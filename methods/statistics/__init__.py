@@ -11,24 +11,25 @@ on every rank alike).
 import torch
 
 from common.errors import ConfigError
-from common.schema import COUNT, FRACTION, POSITIVE, Key, number, one_of, per_tower
+from common.schema import COUNT, FRACTION, POSITIVE, Key, nullable, number, one_of, per_tower, whole
 from methods.init import initial_pairs, kmeans_teacher
 from methods.loop import Method
 from methods.registry import MethodSpec, register
 from methods.statistics.losses import covmatch, gke
 from methods.statistics.sources import FixedModel, MergedModel, OnlineModel, features
 from training.experts import ExpertPool
+from training.fit import split_images
 from training.similarity import Similarity
 
 SOURCES = ("online", "merged", "fixed")
 LOSSES = ("covmatch", "gke")
 KEYS = {
-    "model_source": Key(None, lambda v: (v is None or v in SOURCES, f"one of {', '.join(SOURCES)} (or null)"),
+    "model_source": Key(None, nullable(one_of(*SOURCES)),
                         "the model each iteration: online (CovMatch), merged experts (MDM) or fixed"),
-    "statistic": Key(None, lambda v: (v is None or v in LOSSES, f"one of {', '.join(LOSSES)} (or null)"),
+    "statistic": Key(None, nullable(one_of(*LOSSES)),
                      "what is matched: covmatch (cross-covariance + means) or gke (InfoNCE + geodesic-kernel MMD²)"),
     "real_batch": Key(256, COUNT, "real pairs per work item"),
-    "syn_batch": Key(None, lambda v: (v is None or (isinstance(v, int) and v >= 2), "a whole number ≥ 2 (or null)"),
+    "syn_batch": Key(None, nullable(whole(2)),
                      "synthetic pairs per work item (null: the method's; at most the set)"),
     "rho": Key(1.0, POSITIVE, "covmatch: ρ, the real cross-covariance's scale"),
     "lam": Key(0.1, number(0), "covmatch: λ, the weight of the mean terms"),
@@ -40,7 +41,7 @@ KEYS = {
     "lam_u": Key(0.8, number(0), "gke: weight of the agreement MMD²"),
     "lam_g": Key(0.8, number(0), "gke: weight of the discrepancy MMD²"),
     "temperature": Key(0.07, POSITIVE, "gke: τ of the synthetic pairs' InfoNCE"),
-    "grad_clip": Key(None, lambda v: (v is None or (isinstance(v, (int, float)) and v > 0), "a number > 0 (or null)"),
+    "grad_clip": Key(None, nullable(POSITIVE),
                      "joint gradient-norm clip of the synthetic tensors (null: none)"),
 }
 PRESETS = {
@@ -56,7 +57,6 @@ class RealPairs:
     kept when they fit in `keep_bytes`), cached text features."""
 
     def __init__(self, ctx, keep_bytes=2 ** 30):
-        from training.fit import split_images
         train = ctx.splits["train"]
         self.images = split_images(train, ctx.test_transform, False, ctx.image_cache)
         self.caption_image = torch.as_tensor(train.caption_image)
