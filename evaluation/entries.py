@@ -30,14 +30,18 @@ def describe(dset, path):
     """What the results table needs to know about a set besides its recall."""
     method, metagrad = dset.meta.get("method", "?"), dset.meta.get("metagrad")
     name = f"{method} · {metagrad}" if metagrad else method
-    if dset.made_with("distill.precision") == "bf16":  # not fp32: say so
-        name += ", bf16"
-    if dset.meta.get("chosen_on") == "val":  # distill.eval_every's best set: say which iteration, chosen how
-        name += f", iteration {dset.meta['iteration']} chosen on val"
     if dset.meta.get("iteration") == 0:  # a distillation's starting point: a control, not a distilled set
         name, metagrad = f"{method} at {CONTROL}", CONTROL
-    return {"model": f"{name} ({len(dset)} pairs)", "method": method, "metagrad": metagrad,
-            "budget": dset.meta.get("budget", len(dset)), "pairs": len(dset), "source": str(path)}
+    variant = ""  # what tells two sets of one method apart: their own line in the plot
+    if dset.made_with("distill.precision") == "bf16":  # not fp32: say so
+        variant += ", bf16"
+    if dset.meta.get("chosen_on") == "val":  # distill.eval_every's best set: say which iteration, chosen how
+        variant += f", iteration {dset.meta['iteration']} chosen on val"
+    if dset.made_with("distill.init") in ("kmeans", "noise"):  # not from random real pairs: say so
+        variant += f", {dset.made_with('distill.init')} init"
+    return {"model": f"{name}{variant} ({len(dset)} pairs)", "method": method, "metagrad": metagrad,
+            "variant": variant, "budget": dset.meta.get("budget", len(dset)), "pairs": len(dset),
+            "source": str(path)}
 
 
 def evaluate_distilled(ctx, paths, student_image_encoder=None, log=print):
@@ -59,6 +63,7 @@ def evaluate_distilled(ctx, paths, student_image_encoder=None, log=print):
                         "seconds_per_student": round(seconds, 1), "curves": curves})
         if student_image_encoder:
             entries[-1].update(model=f"{entry['model']} → {student_image_encoder} student",
+                               variant=f"{entry['variant']} → {student_image_encoder} student",
                                student_image_encoder=student_image_encoder)
     return entries
 

@@ -124,7 +124,9 @@ def tables(entries, protocols, reference=Reference()):
 
 
 def _line(entry):
-    return f"{entry['method']} · {entry['metagrad']}" if entry.get("metagrad") else entry["method"]
+    """A plot line: a method (· meta-gradient) and its variant (init, students' tower, …), across budgets."""
+    name = f"{entry['method']} · {entry['metagrad']}" if entry.get("metagrad") else entry["method"]
+    return name + entry.get("variant", "")
 
 
 def plot(entries, protocols, path, reference=Reference()):

@@ -123,6 +123,10 @@ def test_a_distillations_starting_point_and_bf16_are_labelled_as_such(random_set
     described = entries.describe(dset, "x")
     assert described["model"] == "lors at iteration 0 (5 pairs)" and described["metagrad"] == "iteration 0"
     assert described["budget"] == 6 and described["pairs"] == 5
+    dset.meta["config"]["distill"]["init"] = "kmeans"  # a start other than random real pairs is named, iteration 0 too
+    assert entries.describe(dset, "x")["model"] == "lors at iteration 0, kmeans init (5 pairs)"
+    del dset.meta["iteration"]
+    assert entries.describe(dset, "x")["model"] == "lors · exact, kmeans init (5 pairs)"
 
 
 def test_lr_grid_chooses_on_val_only_for_sets_without_a_learned_lr(cfg_file, random_set, tmp_path):

@@ -261,3 +261,16 @@ def test_plot_refusals(tmp_path, flickr):
     with pytest.raises(ValueError, match=r"two results for random at budget 100 on flickr30k .*pass only one"):
         main([*flickr, again, "--plot", str(tmp_path / "p.png")])
     assert not (tmp_path / "p.png").exists()
+
+
+def test_variants_of_one_method_are_lines_of_their_own(tmp_path):
+    """LoRS from random real pairs and from k-means, or its sets under another students' tower, are told apart."""
+    kmeans = {**entry("lors · exact, kmeans init (49 pairs)", "lors", 50, 20), "variant": ", kmeans init"}
+    lite1 = {**entry("lors · exact (49 pairs) → tf_efficientnet_lite1 student", "lors", 50, 10),
+             "variant": " → tf_efficientnet_lite1 student"}
+    path = write(tmp_path / "tux.json", "tuxpaint", entry("lors · exact (49 pairs)", "lors", 50, 30), kmeans, lite1)
+    [ax] = plot(read_results([path]), ("last epoch",), tmp_path / "tux.png").axes
+    lines = drawn(ax)
+    assert set(lines) == {"lors", "lors, kmeans init", "lors → tf_efficientnet_lite1 student"}
+    assert {k: list(line.lines[0].get_ydata()) for k, line in lines.items()} == {
+        "lors": [32.5], "lors, kmeans init": [22.5], "lors → tf_efficientnet_lite1 student": [12.5]}
