@@ -155,6 +155,9 @@ SECTIONS = {
         "lr_image": Key(REQUIRED, POSITIVE, "SGD lr of the synthetic images (normalised pixel space)"),
         "lr_text": Key(REQUIRED, POSITIVE, "SGD lr of the synthetic text features"),
         "momentum": Key(0.5, FRACTION, "SGD momentum of every learned tensor"),
+        "lr_space": Key(None, nullable(one_of("log", "raw")), "how learned student lrs are moved: log (lr = "
+                        "lr₀·exp(u/lr₀), never below zero) or raw (the lr itself, as the public LoRS code)",
+                        recipe=("log", "raw")),
         "init": Key("real", one_of("real", "noise", "kmeans"),
                     "initial set: random real pairs, noise, or the pairs nearest k-means centroids of the teacher's "
                     "features"),

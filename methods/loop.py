@@ -3,7 +3,8 @@ pictures, validation recall and TensorBoard. What a method does in an iteration 
 registry entry (methods/registry.py).
 
 Learned: the set's tensors, the "leaves": `images`, `texts`, the similarity factors `sim_*` and, where the method
-learns them, one student lr per tower (`lr_image`, `lr_text`). Each iteration the method draws
+learns them, one student lr per tower (`lr_image`, `lr_text`; parameterised as `distill.lr_space` says: `LearnedLrs`).
+Each iteration the method draws
 `segments_per_iteration` (P) work items from its one seeded stream, computes the loss and the leaves' gradients of
 each, and the loop takes one SGD-with-momentum step along their mean. Under torchrun every rank draws all P and
 computes its share (P a multiple of the world size); the sums are all-reduced in float64, so each rank takes the step
@@ -65,6 +66,27 @@ class Method:
         pass
 
 
+class LearnedLrs:
+    """How the student lrs a method learns are parameterised (`distill.lr_space`), the start lr₀ of each tower given:
+    - raw: the parameter is the lr itself, as in the public LoRS code; a step can take it below zero (refused);
+    - log: the parameter u gives lr = lr₀·exp(u/lr₀): lr₀ + u to first order, so distill.lr_lr keeps its meaning
+      near the start, and the lr stays positive however far u goes (each step moves it by a factor, not an amount).
+    """
+
+    def __init__(self, start, space):
+        self.start, self.log = start, space == "log"
+
+    def parameter(self, tower, lr):
+        return self.start[tower] * torch.log(lr / self.start[tower]) if self.log else lr
+
+    def value(self, tower, u):
+        return self.start[tower] * torch.exp(u / self.start[tower]) if self.log else u
+
+    def gradient(self, tower, u, grad):
+        """The gradient with respect to the parameter `u`, from the one with respect to the lr."""
+        return grad * torch.exp(u / self.start[tower]) if self.log else grad
+
+
 def work_per_rank(dcfg, world):
     """The work items each of `world` processes computes in an iteration: P / world."""
     per_iteration = dcfg["segments_per_iteration"]
@@ -89,6 +111,7 @@ class Distillation:
         self.log = log if self.rank == 0 else (lambda _msg: None)  # one rank speaks for all
         self.out_dir = Path(d["out_dir"])
         self.dset = method.initial_set
+        self.lr_space = LearnedLrs(self.dset.lrs or {}, d["lr_space"])
         self._learnables()
         self.board = NoLog()  # run() opens the real one (log.tensorboard); step() alone, as in the benchmark, logs nothing
 
@@ -100,19 +123,40 @@ class Distillation:
             raise ConfigError("distill.eval_every > 0 evaluates on the val split: build the RunContext with it")
         return cls(cfg, d, get_method(d["method"]).build(ctx, cfg, d, log), ctx.device, ctx, log)
 
-    def _learnables(self):
-        """Leaf tensors on the device and their optimizer (one SGD-momentum group per kind)."""
+    def _learnables(self, lr_parameters=None):
+        """Leaf tensors on the device and their optimizer (one SGD-momentum group per kind); `lr_parameters`: the
+        lrs' parameters as a checkpoint saved them (exact; otherwise computed from the set's lrs)."""
         leaf = lambda x: x.detach().to(self.device).float().requires_grad_(True)  # noqa: E731
         self.syn = {"images": leaf(self.dset.images), "texts": leaf(self.dset.text_features),
                     **{k: leaf(v) for k, v in self.dset.similarity.params.items()}}
-        self.lrs = {t: leaf(torch.tensor(float(v))) for t, v in (self.dset.lrs or {}).items()}
+        lr_parameters = lr_parameters or {t: self.lr_space.parameter(t, torch.tensor(float(v)))
+                                          for t, v in (self.dset.lrs or {}).items()}
+        self.lr_parameters = {t: leaf(u) for t, u in lr_parameters.items()}
         leaves = self.leaves()
         groups = [([leaves[name] for name in names], lr) for names, lr in self.method.groups(leaves)]
         self.optimizer = torch.optim.SGD([{"params": p, "lr": lr} for p, lr in groups if p],
                                          lr=groups[0][1], momentum=self.dcfg["momentum"])
 
     def leaves(self):
-        return {**self.syn, **{f"lr_{t}": v for t, v in self.lrs.items()}}
+        """What the optimizer moves: the set's tensors and the lrs' parameters."""
+        return {**self.syn, **{f"lr_{t}": u for t, u in self.lr_parameters.items()}}
+
+    def lrs(self):
+        """{tower: the learned lr as a tensor}."""
+        return {t: self.lr_space.value(t, u.detach()) for t, u in self.lr_parameters.items()}
+
+    def values(self):
+        """What a method computes with: the set's tensors and the lrs themselves (in log space, fresh leaves of their
+        values: the method's gradients are with respect to the lrs; `step` takes them to the parameters)."""
+        if not self.lr_space.log:
+            return self.leaves()
+        return {**self.syn, **{f"lr_{t}": lr.requires_grad_(True) for t, lr in self.lrs().items()}}
+
+    def _gradient(self, item):
+        loss, grads = self.method.gradient(item, self.values(), self.dset)
+        for t, u in self.lr_parameters.items():
+            grads[f"lr_{t}"] = self.lr_space.gradient(t, u.detach(), grads[f"lr_{t}"])
+        return loss, grads
 
     def step(self, iteration):
         """One outer iteration; returns its loss, the mean over its work items (raises, changing nothing, if it is
@@ -120,7 +164,7 @@ class Distillation:
         self.method.advance(iteration)
         draws = [self.method.draw() for _ in range(self.per_iteration)]  # every rank draws all P: the stream stays one
         if self.per_iteration == 1:
-            loss, grads = self.method.gradient(draws[0], self.leaves(), self.dset)
+            loss, grads = self._gradient(draws[0])
         else:
             loss, grads = self._mean(draws[self.rank::self.world])
         bad = [k for k, g in grads.items() if not torch.isfinite(g).all()]
@@ -134,8 +178,8 @@ class Distillation:
         for name, tensor in self.leaves().items():
             tensor.grad = grads[name]
         self.optimizer.step()
-        self.method.check(iteration, self.leaves())
-        self.board.iteration(iteration + 1, loss.item(), self.lrs, grads, self.dset.similarity, self.syn)
+        self.method.check(iteration, self.values())
+        self.board.iteration(iteration + 1, loss.item(), self.lrs(), grads, self.dset.similarity, self.syn)
         return loss.item()
 
     def _mean(self, draws):
@@ -145,7 +189,7 @@ class Distillation:
         set (the outer loop amplifies any rounding difference)."""
         total = 0
         for draw in draws:
-            loss, grads = self.method.gradient(draw, self.leaves(), self.dset)
+            loss, grads = self._gradient(draw)
             total = total + torch.cat([loss.reshape(1)] + [g.reshape(-1) for g in grads.values()]).double()
         mean = (all_reduce_sum(total) / self.per_iteration).float()
         parts = mean.split([1] + [g.numel() for g in grads.values()])
@@ -158,14 +202,16 @@ class Distillation:
         cpu = {k: v.detach().cpu() for k, v in self.syn.items()}
         sim = Similarity.from_spec(self.dset.similarity.spec(), {k: v for k, v in cpu.items() if k.startswith("sim_")})
         captions = nearest_captions(cpu["texts"], self.ctx.features["train"], self.ctx.splits["train"].captions)
-        lrs = {t: v.item() for t, v in self.lrs.items()} if self.dset.lrs is not None else None
+        lrs = {t: v.item() for t, v in self.lrs().items()} if self.dset.lrs is not None else None
         return DistilledSet(cpu["images"], cpu["texts"], sim, lrs, {**self.dset.meta, "captions": captions})
 
     def save_checkpoint(self, iteration, losses):
         dset = self.current_set()
         momenta = {f"momentum_{name}": self.optimizer.state[p]["momentum_buffer"]
                    for name, p in self.leaves().items() if self.optimizer.state[p].get("momentum_buffer") is not None}
-        save_distilled(self.out_dir / "checkpoint.safetensors", dset, {**momenta, **self.method.state()},
+        parameters = {f"lr_parameter_{t}": u.detach() for t, u in self.lr_parameters.items()}  # exact on resume
+        save_distilled(self.out_dir / "checkpoint.safetensors", dset,
+                       {**momenta, **parameters, **self.method.state()},
                        {"iteration": iteration, "losses": losses, "config": self.cfg})
         save_config(self.cfg, self.out_dir / "config.yaml")
         self.draw(dset, iteration)
@@ -184,7 +230,7 @@ class Distillation:
         iteration, losses = dset.meta["iteration"], dset.meta["losses"]
         dset.meta = {k: v for k, v in dset.meta.items() if k not in RUN_KEYS}
         self.dset = dset
-        self._learnables()
+        self._learnables({t: extras[f"lr_parameter_{t}"] for t in dset.lrs or {} if f"lr_parameter_{t}" in extras})
         for name, p in self.leaves().items():
             if f"momentum_{name}" in extras:
                 self.optimizer.state[p]["momentum_buffer"] = extras[f"momentum_{name}"].to(p.device)
@@ -228,7 +274,7 @@ class Distillation:
                    disable=self.rank > 0)
         for iteration in bar:
             losses.append(self.step(iteration))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", **{f"lr_{t}": f"{v.item():.3g}" for t, v in self.lrs.items()})
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", **{f"lr_{t}": f"{v.item():.3g}" for t, v in self.lrs().items()})
             done = iteration + 1
             if self.rank == 0 and (done % d["checkpoint_every"] == 0 or done == d["iterations"]):
                 self.save_checkpoint(done, losses)

@@ -4,6 +4,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from common.visuals import to_uint8
 from conftest import distill_config as distill_cfg
 from conftest import killed_at
 from data.annotations import load_split, preprocess_caption, read_split
-from methods.loop import Distillation
+from methods.loop import Distillation, LearnedLrs
 from methods.matching import initial_set
 from methods.registry import resolve_method
 from training.context import RunContext
@@ -339,21 +340,49 @@ def test_student_lrs_start_per_tower_when_lr_teacher_names_them(base_cfg, ctx, t
         Distillation.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)
 
 
-def test_a_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx, tmp_path, monkeypatch):
-    out = tmp_path / "negative"
-    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
-    before = _snapshot(out)
+def _pushing_the_image_lr_down(monkeypatch):
+    """The meta-gradient of the image lr replaced by 1e4: one SGD step of lr_lr 1e-5 moves its parameter by -0.1."""
     real = matching.meta_gradient
 
-    def pushing_the_image_lr_down(*args, **kwargs):  # one SGD step of lr_lr 1e-5 takes 0.01 to -0.09
+    def pushed(*args, **kwargs):
         loss, syn_grads, lr_grads = real(*args, **kwargs)
         return loss, syn_grads, {**lr_grads, "image": torch.tensor(1e4)}
 
-    monkeypatch.setattr(matching, "meta_gradient", pushing_the_image_lr_down)
+    monkeypatch.setattr(matching, "meta_gradient", pushed)
+
+
+def test_a_raw_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx, tmp_path, monkeypatch):
+    out = tmp_path / "negative"
+    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2, lr_space="raw"), log=_quiet).run()
+    before = _snapshot(out)
+    _pushing_the_image_lr_down(monkeypatch)  # 0.01 - 0.1 < 0
     with pytest.raises(FloatingPointError, match=r"distillation iteration 2: the learned student lr became "
                                                  r"\{'image': -0\.0[0-9]+\}; nothing was written"):
-        Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=4), log=_quiet).run()
+        Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=4, lr_space="raw"), log=_quiet).run()
     assert _snapshot(out) == before
+
+
+def test_a_log_space_learned_lr_stays_positive_under_the_same_push(base_cfg, ctx, tmp_path, monkeypatch):
+    """recipe ours: lr = lr₀·exp(u/lr₀); the step that takes a raw lr to -0.09 takes u to -0.1: lr = 0.01·e^-10."""
+    assert distill_cfg(base_cfg, tmp_path / "x")["distill"]["lr_space"] is None  # the recipe's: ours → log
+    _pushing_the_image_lr_down(monkeypatch)
+    dset = Distillation.from_context(ctx, distill_cfg(base_cfg, tmp_path / "log", iterations=1), log=_quiet).run()
+    assert dset.lrs["image"] == pytest.approx(0.01 * math.exp(-10), rel=1e-4)
+    reference = distill_cfg(base_cfg, tmp_path / "ref")["distill"]
+    assert resolve_method(reference, "full", "reference")["lr_space"] == "raw"  # the public code's, which stops
+
+
+@pytest.mark.parametrize("space", ["log", "raw"])
+def test_learned_lr_gradients_follow_the_chain_rule(space):
+    """LearnedLrs.gradient is autograd's d loss/d u through lr(u), and the parameter of lr₀ is 0 in log space."""
+    lrs = LearnedLrs({"image": 0.05}, space)
+    start = lrs.parameter("image", torch.tensor(0.05))
+    assert start.item() == pytest.approx(0.0 if space == "log" else 0.05)
+    u = torch.tensor(0.03, requires_grad=True)
+    lr = lrs.value("image", u)
+    (lr ** 2).backward()  # d loss / d lr = 2 lr
+    assert lrs.gradient("image", u.detach(), 2 * lr.detach()).item() == pytest.approx(u.grad.item(), rel=1e-6)
+    assert lrs.value("image", lrs.parameter("image", torch.tensor(0.2))).item() == pytest.approx(0.2, rel=1e-6)
 
 
 def test_tensorboard_logs_of_a_distillation_and_its_evaluation(base_cfg, tmp_path):
