@@ -1,4 +1,4 @@
-"""Train expert trajectories on real pairs (METHOD §3).
+"""Train expert trajectories on real pairs (docs/methods.md §3).
 
     python buffer.py --config configs/tuxpaint/buffer.yaml [--buffer.num_experts 5 ...]
     torchrun --nproc-per-node G buffer.py --config configs/flickr30k/buffer.yaml   # experts spread over G GPUs

@@ -1,4 +1,4 @@
-"""Coreset baselines (METHOD §6): a distilled-set file of N real training pairs (S = I),
+"""Coreset baselines (docs/methods.md §6): a distilled-set file of N real training pairs (S = I),
 evaluated like every other method.
 
     python coreset.py --config configs/tuxpaint/buffer.yaml --method herding --budget 50 --out runs/tuxpaint/herding_50.safetensors

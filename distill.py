@@ -1,5 +1,5 @@
 """Distil a dataset with one of the registered methods (python distill.py --help lists them and their keys):
-trajectory matching (LoRS, MTT-VL, TESLA-VL, RepBlend: METHOD §4), with the meta-gradient computed by
+trajectory matching (LoRS, MTT-VL, TESLA-VL, RepBlend: docs/methods.md §4), with the meta-gradient computed by
 `unroll`, `tesla` or `exact`, which needs the experts of buffer.py.
 
     python distill.py --config configs/tuxpaint/lors.yaml [--distill.metagrad tesla ...]

@@ -1,4 +1,4 @@
-"""Retrieval evaluation (METHOD §7) of distilled sets, of the full training split, or of expert snapshots.
+"""Retrieval evaluation (docs/methods.md §7) of distilled sets, of the full training split, or of expert snapshots.
 
     python evaluate.py --config configs/tuxpaint/lors.yaml --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_50.safetensors
     python evaluate.py --config configs/tuxpaint/buffer.yaml --distilled runs/tuxpaint/exported/   # images/ + dataset.json

@@ -1,4 +1,4 @@
-"""EDGE generative distillation (METHOD §5): finetune → sample → caption → export; each step resumable.
+"""EDGE generative distillation (docs/methods.md §5): finetune → sample → caption → export; each step resumable.
 
     python generate.py finetune --config configs/tuxpaint/edge.yaml    # torchrun --nproc-per-node G … for DDP
     python generate.py sample   --config configs/tuxpaint/edge.yaml

@@ -1,5 +1,5 @@
 """The one results renderer: the row label of a result entry, the tables of one evaluate.py run, the tables and the
-plot over many runs (report.py), with the published reference numbers of METHOD §8 alongside,
+plot over many runs (report.py), with the published reference numbers of docs/methods.md §8 alongside,
 marked as published with the protocol they were reported under.
 
 Full-data rows (no budget) appear in every table of their dataset. The plot draws mean recall (± std) against budget,
@@ -16,7 +16,7 @@ from common.visuals import save_budget_plot
 from evaluation.students import PROTOCOLS
 from training.metrics import format_table
 
-# METHOD §8: NFNet-l0 + BERT, "IR@1/5/10 · TR@1/5/10" of a student on the whole training split (each method's own
+# docs/methods.md §8: NFNet-l0 + BERT, "IR@1/5/10 · TR@1/5/10" of a student on the whole training split (each method's own
 # published numbers are kept with the method: MethodSpec.published, methods/coresets.py)
 FULL_DATA = "full data"
 PUBLISHED_FULL_DATA = ("last epoch", {"flickr30k": {None: "23.2/54.0/66.6 · 33.8/65.7/76.9"},
@@ -27,7 +27,7 @@ PUBLISHED_FULL_DATA = ("last epoch", {"flickr30k": {None: "23.2/54.0/66.6 · 33.
 class Reference:
     """What the renderer knows of the methods, from the registry above it (methods.reference()): their order in the
     tables, and their published numbers {(dataset, budget): {method: text}} with the protocol each was reported under
-    (METHOD §7)."""
+    (docs/methods.md §7)."""
     order: tuple = ()
     published: dict = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)

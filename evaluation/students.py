@@ -1,4 +1,4 @@
-"""Evaluating a distilled set (METHOD §7): train fresh students on it, measure retrieval on real data.
+"""Evaluating a distilled set (docs/methods.md §7): train fresh students on it, measure retrieval on real data.
 
 A student: pretrained image tower, fresh text head; SGD momentum 0.9, weight decay 5e-4, the set's
 learned lr per tower (or the config's for sets without one), batch 128 (the whole set when smaller),

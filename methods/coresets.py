@@ -1,4 +1,4 @@
-"""Coreset selection (METHOD §6): which N real training pairs to keep, as a distilled set with S = I.
+"""Coreset selection (docs/methods.md §6): which N real training pairs to keep, as a distilled set with S = I.
 
 - random: N pairs drawn with a seed (the same draw as distillation's initial set);
 - herding, k-center, k-means (the pairs nearest N centroids: MDM's initialisation): on the joint (image, text)
@@ -18,7 +18,7 @@ from training.fit import encode_split
 from training.trajectories import expert_path
 
 CORESETS = ("random", "herding", "k-center", "k-means", "forgetting")
-# METHOD §8 (NFNet-l0 + BERT): the random coreset's "IR@1/5/10 · TR@1/5/10", as the papers report it (last epoch)
+# docs/methods.md §8 (NFNet-l0 + BERT): the random coreset's "IR@1/5/10 · TR@1/5/10", as the papers report it (last epoch)
 PUBLISHED = {"random": ("last epoch", {
     "flickr30k": {100: "1.0/4.0/6.5 · 1.3/5.9/10.1", 200: "1.1/4.8/9.2 · 2.1/8.7/13.2",
                   500: "2.4/10.5/17.4 · 5.2/18.3/25.7", 1000: "3.8/11.8/19.9 · 5.2/15.6/21.4"},

@@ -1,5 +1,5 @@
 """How a distillation's set starts (`distill.init`), for every method: `real` random real pairs, `noise`, or `kmeans`
-(MDM's; METHOD §4b): the real pair nearest each of N k-means centroids of the teacher's joint
+(MDM's; docs/methods.md §4b): the real pair nearest each of N k-means centroids of the teacher's joint
 features of every training pair."""
 import torch
 

@@ -25,8 +25,8 @@ class MethodSpec:
     needs_buffer: bool = False      # reads the expert trajectories of buffer.py (buffer.out_dir)
     trainable: str = None           # the model.trainable it needs (None: either)
     family: str = ""                # e.g. "trajectory matching"
-    published: dict = field(default_factory=dict)  # {dataset: {budget: "IR@1/5/10 · TR@1/5/10"}} (METHOD §8)
-    published_protocol: str = None  # the protocol those were reported under (METHOD §7)
+    published: dict = field(default_factory=dict)  # {dataset: {budget: "IR@1/5/10 · TR@1/5/10"}} (docs/methods.md §8)
+    published_protocol: str = None  # the protocol those were reported under (docs/methods.md §7)
 
 
 REGISTRY = {}  # name -> MethodSpec, in registration order (the order of the results tables)

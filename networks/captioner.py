@@ -1,4 +1,4 @@
-"""EDGE's caption synthesis (METHOD §5.7): pluggable captioners writing extra captions for generated images.
+"""EDGE's caption synthesis (docs/methods.md §5.7): pluggable captioners writing extra captions for generated images.
 
 - `image-to-text`: any transformers image-text-to-text model (LLaVA-1.5 by default; BLIP, GIT, …) asked
   `edge.instruction` about each image; chat models get it through their chat template.

@@ -11,7 +11,7 @@ from networks.weights import ModelNotFoundError, resolve_image_weights, resolve_
 
 class ImageTower(nn.Module):
     """A timm backbone without classifier (pooled features). BatchNorm layers always run in eval mode:
-    running statistics stay frozen, affine parameters train (METHOD §2).
+    running statistics stay frozen, affine parameters train (docs/methods.md §2).
 
     `add_projection_head` turns it into RepBlend's tower: frozen backbone (eval mode, no parameter trains) and a
     fresh projection head out_dim → out_dim, the only trainable part, so the tower's flat θ is the head's."""

@@ -1,5 +1,5 @@
 """EDGE's generator: a latent text-to-image diffusion model (diffusers layout), which of its parameters
-train, and the frozen CLIP model its losses are measured with (METHOD §5).
+train, and the frozen CLIP model its losses are measured with (docs/methods.md §5).
 
 A checkpoint is a hub id or a folder with the Stable Diffusion layout: unet/, vae/, text_encoder/,
 tokenizer/, scheduler/. Only the denoiser trains: its bias and normalisation parameters (DiffFit) or LoRA
@@ -131,7 +131,7 @@ def make_trainable(unet, mode="bias-norm", lora_rank=4):
 
 class FrozenCLIP(nn.Module):
     """A CLIP model whose image tower takes generated images in [−1, 1] with gradients: resized to its
-    input size and normalised with its own statistics, as its image processor would (METHOD §5)."""
+    input size and normalised with its own statistics, as its image processor would (docs/methods.md §5)."""
 
     def __init__(self, spec):
         super().__init__()

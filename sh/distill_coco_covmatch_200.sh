@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# CovMatch, COCO, budget 200, published settings (METHOD §4b). No experts.
+# CovMatch, COCO, budget 200, published settings (docs/methods.md §4b). No experts.
 # Extra arguments are overrides, e.g. --distill.iterations 100.
 exec "$(dirname "$0")/launch.sh" distill.py configs/coco/covmatch_200.yaml "$@"

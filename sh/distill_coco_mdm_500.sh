@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# MDM, COCO, budget 500, published settings (METHOD §4b). Needs the experts of sh/buffer_coco.sh.
+# MDM, COCO, budget 500, published settings (docs/methods.md §4b). Needs the experts of sh/buffer_coco.sh.
 # Extra arguments are overrides, e.g. --distill.iterations 100.
 exec "$(dirname "$0")/launch.sh" distill.py configs/coco/mdm_500.yaml "$@"

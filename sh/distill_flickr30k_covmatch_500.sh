@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# CovMatch, Flickr30K, budget 500, published settings (METHOD §4b). No experts.
+# CovMatch, Flickr30K, budget 500, published settings (docs/methods.md §4b). No experts.
 # Extra arguments are overrides, e.g. --distill.iterations 100.
 exec "$(dirname "$0")/launch.sh" distill.py configs/flickr30k/covmatch_500.yaml "$@"

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# MDM, Flickr30K, budget 200, published settings (METHOD §4b). Needs the experts of sh/buffer_flickr30k.sh.
+# MDM, Flickr30K, budget 200, published settings (docs/methods.md §4b). Needs the experts of sh/buffer_flickr30k.sh.
 # Extra arguments are overrides, e.g. --distill.iterations 100.
 exec "$(dirname "$0")/launch.sh" distill.py configs/flickr30k/mdm_200.yaml "$@"

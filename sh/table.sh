@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce METHOD §8's table for one dataset: sh/table.sh flickr30k|coco (or sh/table_flickr30k.sh, sh/table_coco.sh).
+# Reproduce docs/methods.md §8's table for one dataset: sh/table.sh flickr30k|coco (or sh/table_flickr30k.sh, sh/table_coco.sh).
 # First `python -m data.prepare DATASET` checks the download (PREPARE_ARGS="--full-decode" to decode every image).
 # Experts, the four coresets, MTT-VL, TESLA-VL, LoRS, CovMatch and MDM at each budget of BUDGETS (default "100 200 500 1000"), full
 # data, then one table per budget with the published numbers alongside. Needs a GPU and the dataset (docs/data.md).

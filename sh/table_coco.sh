@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
-# METHOD §8's COCO table: every method and budget (sh/table.sh). Needs a GPU and the dataset.
+# docs/methods.md §8's COCO table: every method and budget (sh/table.sh). Needs a GPU and the dataset.
 exec "$(dirname "$0")/table.sh" coco "$@"

@@ -1,4 +1,4 @@
-"""EDGE (METHOD §5) with tiny random diffusers/transformers components loaded from local folders, on a slice
+"""EDGE (docs/methods.md §5) with tiny random diffusers/transformers components loaded from local folders, on a slice
 of the real Tux Paint data: the losses against hand-written formulas, which parameters train, resuming,
 seeded and resumable sampling, caption synthesis, the export read by evaluate.py, and refused inputs."""
 import json

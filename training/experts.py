@@ -1,4 +1,4 @@
-"""Expert trajectories (METHOD §3): train fresh students on the real data and save θ every epoch.
+"""Expert trajectories (docs/methods.md §3): train fresh students on the real data and save θ every epoch.
 
 Resumable: finished experts are kept, an interrupted one (a temporary file, never a final one) is redone.
 Under `torchrun --nproc-per-node G`, expert i is trained by rank i mod G.

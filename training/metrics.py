@@ -1,4 +1,4 @@
-"""Image–text retrieval recall (METHOD §7), for images with any number of captions.
+"""Image–text retrieval recall (docs/methods.md §7), for images with any number of captions.
 
 TR@K (image→text): an image is a hit if any of its captions ranks in the top K.
 IR@K (text→image): a caption is a hit if its own image ranks in the top K.

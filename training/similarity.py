@@ -1,4 +1,4 @@
-"""The learned image–text similarity matrix S of a synthetic set (METHOD §4, LoRS). Rows = images,
+"""The learned image–text similarity matrix S of a synthetic set (docs/methods.md §4, LoRS). Rows = images,
 columns = texts; a minibatch of synthetic indices b uses the block S[b][:, b].
 
 - `identity`: S = I, nothing learned (MTT-VL, TESLA-VL, coresets).

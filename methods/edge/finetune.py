@@ -1,10 +1,10 @@
-"""EDGE fine-tuning (METHOD §5): the denoiser learns to produce images that a frozen CLIP matches to their
+"""EDGE fine-tuning (docs/methods.md §5): the denoiser learns to produce images that a frozen CLIP matches to their
 captions (bi-directional contrastive loss), that differ from each other (diversity loss), while still
 denoising (the standard ε loss, which the released code omits; on by default).
 
 The clean estimate comes from the *noisy* latent, the VAE sees images in its own [−1, 1] range, and the
 decoded images reach CLIP resized and normalised as CLIP expects: the three defects of the released code
-METHOD §5 lists are not copied. Random draws come from a generator seeded per step, so a run resumed
+docs/methods.md §5 lists are not copied. Random draws come from a generator seeded per step, so a run resumed
 from a checkpoint continues exactly as an uninterrupted one.
 """
 import math

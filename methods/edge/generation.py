@@ -1,5 +1,5 @@
 """EDGE's set: images sampled from the fine-tuned generator for seeded training captions, extra captions
-from a captioner, and the export to the distilled-set artefact (METHOD §5.6–5.8).
+from a captioner, and the export to the distilled-set artefact (docs/methods.md §5.6–5.8).
 
 The sample folder is `images/0000.png …` + `prompts.json` (the captions and the sampling settings) and,
 once every image exists, a Karpathy-style `dataset.json` (one caption per image; CPI after `caption`),

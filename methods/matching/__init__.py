@@ -1,4 +1,4 @@
-"""Trajectory matching (METHOD §4): MTT-VL, TESLA-VL, LoRS and RepBlend, one `Method` with four
+"""Trajectory matching (docs/methods.md §4): MTT-VL, TESLA-VL, LoRS and RepBlend, one `Method` with four
 presets. Each work item is an expert segment (θ_s, θ_{s+E}) of buffer.py's experts; its gradient is the
 meta-gradient (`unroll`, `tesla` or `exact`: methods/matching/metagrad.py) of the distance the inner loop's student
 ends from θ_{s+E}. Learned: images, text features, the similarity factors (LoRS, RepBlend) and one student lr per tower.
@@ -163,7 +163,7 @@ PRESETS = {  # what each method fixes unless the config says otherwise
     "repblend": ("LoRS with representation blending, on projection-head trajectories",
                  {"loss": "wbce", "sim_type": "lowrank", "metagrad": "tesla", "reserve_pair": True, "blend": True}),
 }
-# METHOD §8 (NFNet-l0 + BERT): "IR@1/5/10 · TR@1/5/10" per dataset and budget, and the protocol of each paper
+# docs/methods.md §8 (NFNet-l0 + BERT): "IR@1/5/10 · TR@1/5/10" per dataset and budget, and the protocol of each paper
 PUBLISHED = {
     "mtt-vl": ("last epoch", {
         "flickr30k": {100: "4.7/15.7/24.6 · 9.9/28.3/39.1", 200: "4.6/16.0/25.5 · 10.2/28.7/41.9",

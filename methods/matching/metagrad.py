@@ -1,4 +1,4 @@
-"""Meta-gradients of trajectory matching (METHOD §4): one interface, three modes.
+"""Meta-gradients of trajectory matching (docs/methods.md §4): one interface, three modes.
 
 The inner loop runs K SGD steps of a student from θ_0 on synthetic minibatches,
 θ_{i+1} = θ_i − η ∇θ ℓ_i(θ_i) (per tower, each with its own η), and the outer loss compares θ_K with

@@ -1,4 +1,4 @@
-"""The one seeded stream every draw of trajectory matching comes from (METHOD §4): experts, start epochs, synthetic
+"""The one seeded stream every draw of trajectory matching comes from (docs/methods.md §4): experts, start epochs, synthetic
 minibatches and the inner steps' seeds (the experts themselves: training.experts.ExpertPool)."""
 import torch
 

@@ -1,4 +1,4 @@
-"""Trajectory-free distillation (METHOD §4b): CovMatch and MDM on one statistics-matching engine.
+"""Trajectory-free distillation (docs/methods.md §4b): CovMatch and MDM on one statistics-matching engine.
 No inner loop and no meta-gradient: each work item computes the features of a real batch and of a synthetic batch
 under the iteration's model (`sources.py`: online, merged or fixed), a statistic loss between them (`losses.py`:
 covmatch or gke), and the gradient of the synthetic images and text features only. The set is N = budget real-looking

@@ -1,4 +1,4 @@
-"""The statistics the trajectory-free methods match (METHOD §4b), between the features of a real
+"""The statistics the trajectory-free methods match (docs/methods.md §4b), between the features of a real
 batch and of the synthetic set under the same model.
 
 - `covmatch`: ‖ρ·C(real) − C(syn)‖²_F + λ(‖μ(z_v real) − μ(z_v syn)‖² + ‖μ(z_t real) − μ(z_t syn)‖²), C the centred

@@ -1,4 +1,4 @@
-"""Where the trajectory-free methods' model comes from, each iteration (METHOD §4b).
+"""Where the trajectory-free methods' model comes from, each iteration (docs/methods.md §4b).
 
 - `online` (CovMatch): a student that takes one real-data symmetric-InfoNCE SGD step per iteration, reset every
   `reset_every` iterations to the pretrained image tower and a fresh text head;
