@@ -176,12 +176,18 @@ def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothin
     assert sorted(run_buffer(more, log=_quiet)) == [0]
 
 
-@pytest.mark.parametrize("key, value", [("mini_batch_size", 9), ("sim_rank", 6)])
-def test_minibatch_and_rank_larger_than_the_set_are_refused(small_buffer, tmp_path, key, value):
+def test_a_rank_larger_than_the_set_is_refused_and_a_minibatch_is_capped_at_it(small_buffer, tmp_path):
     cfg = copy.deepcopy(small_buffer)
-    cfg["distill"].update({key: value, "out_dir": str(tmp_path / "d")})
-    with pytest.raises(ValueError, match=rf"distill\.{key} {value} is larger than the 5 synthetic pairs"):
-        Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=_quiet)
+    cfg["distill"].update(sim_rank=6, out_dir=str(tmp_path / "d"))
+    ctx = RunContext(cfg, splits=("train",), log=_quiet)
+    with pytest.raises(ValueError, match=r"distill\.sim_rank 6 is larger than the 5 synthetic pairs"):
+        Distillation.from_context(ctx, cfg, log=_quiet)
+    cfg["distill"].update(sim_rank=2, mini_batch_size=9)  # LoRS at a small budget: the whole set, said and recorded
+    logged = []
+    run = Distillation.from_context(ctx, cfg, log=logged.append)
+    assert run.dcfg["mini_batch_size"] == run.cfg["distill"]["mini_batch_size"] == 5
+    assert logged == ["distill.mini_batch_size 9 is larger than the 5 synthetic pairs of budget 6: minibatches of 5, "
+                      "the whole set"]
 
 
 def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_buffer, tmp_path):

@@ -106,10 +106,13 @@ class TrajectoryMatching(Method):
         if not 2 <= n <= available:
             raise ConfigError(f"distill.budget {d['budget']} means {n} synthetic pairs ({d['method']}), but the "
                               f"training split has {available} pairs: choose a budget that fits")
-        for key in ("mini_batch_size", "sim_rank") if d["sim_type"] == "lowrank" else ("mini_batch_size",):
-            if d[key] > n:
-                raise ConfigError(f"distill.{key} {d[key]} is larger than the {n} synthetic pairs of budget "
-                                  f"{d['budget']}; choose at most {n}")
+        if d["mini_batch_size"] > n:  # e.g. LoRS at budget 10: 9 pairs, S pays for one; the run records what it used
+            log(f"distill.mini_batch_size {d['mini_batch_size']} is larger than the {n} synthetic pairs of budget "
+                f"{d['budget']}: minibatches of {n}, the whole set")
+            d["mini_batch_size"] = cfg["distill"]["mini_batch_size"] = n
+        if d["sim_type"] == "lowrank" and d["sim_rank"] > n:
+            raise ConfigError(f"distill.sim_rank {d['sim_rank']} is larger than the {n} synthetic pairs of budget "
+                              f"{d['budget']}; choose at most {n}")
         last_epoch = d["max_start_epoch"] - 1 + d["expert_epochs"]
         teacher = kmeans_teacher(ctx, d, cfg["buffer"]["out_dir"], last_epoch) if d["init"] == "kmeans" else None
         return cls(d, student, pool, initial_set(ctx, d, n, teacher, log), ctx.device, Path(d["out_dir"]), log)
