@@ -22,6 +22,7 @@ from common.distributed import processes, rank_zero_first
 from common.errors import MissingError
 from common.io import atomic_write_json
 from common.tensorboard import log_curves, tensorboard_dir
+from data.chance import small_split_warning
 from evaluation.entries import (default_out, evaluate_distilled, evaluate_expert, evaluate_full_data, results_markdown,
                                 writable, write_results)
 from evaluation.report import expert_table
@@ -71,6 +72,10 @@ def main(argv=None):
 
 def _evaluate(ctx, args, out, rank):
     cfg, test = ctx.cfg, ctx.splits["test"]
+    scored = [name for name in ctx.splits if name != "train"] if rank == 0 else []
+    for warning in (small_split_warning(name, [len(c) for c in ctx.splits[name].image_captions]) for name in scored):
+        if warning:
+            print(warning)
     if args.expert:
         rows = evaluate_expert(ctx, args.expert, args.epochs)
         print(expert_table(cfg["data"]["name"], len(test.image_paths), rows))

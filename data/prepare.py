@@ -28,6 +28,7 @@ from common.cli import run
 from common.config import ConfigError, load_config, resolved_section
 from common.errors import InputError
 from data.annotations import SPLITS, AnnotationError, load_split, split_entries
+from data.chance import small_split_warning
 from data.images import MAX_PIXELS, ImageReadError, load_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -52,6 +53,7 @@ class Report:
     missing: list = field(default_factory=list)      # image paths
     unreadable: list = field(default_factory=list)   # (image path, message)
     annotation_error: str = ""                       # what loading the splits as a run does refused
+    warnings: list = field(default_factory=list)     # lines about usable data worth knowing (a tiny test split)
 
     @property
     def ok(self):
@@ -85,6 +87,11 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
             note = f" ({restval:,} restval)" if kind == "images" and restval else ""
             report.add(f"{split} {kind}", "-" if want is None else f"{want:,}", f"{n:,}{note}",
                        None if want is None else n == want)
+        if split != "train":
+            captions = {}
+            for e in listed:
+                captions[e.image] = captions.get(e.image, 0) + len(e.captions)
+            report.warnings += filter(None, [small_split_warning(split, list(captions.values()))])
 
     problems = _check_files(list(images), full_decode, workers)
     report.missing = [p for p, problem in zip(images, problems) if problem is _MISSING]
@@ -175,6 +182,7 @@ def format_report(report, limit=LISTED):
         lines += [f"  {message}" for _, message in report.unreadable[:limit]]
     if report.annotation_error:
         lines.append(f"annotations refused: {report.annotation_error}")
+    lines += report.warnings
     header = ("check", "expected", "found", "status")
     rows = [(c, e, f, {True: "ok", False: "FAIL", None: "-"}[ok]) for c, e, f, ok in report.rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

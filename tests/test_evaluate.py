@@ -155,8 +155,11 @@ def test_lr_grid_chooses_on_val_only_for_sets_without_a_learned_lr(cfg_file, ran
 
 # ---- evaluate.py ---------------------------------------------------------------------------------------------
 
-def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(cfg_file, random_set, tmp_path):
+def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(cfg_file, random_set, tmp_path,
+                                                                                capsys):
     first = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "a.json")])
+    said = capsys.readouterr().out  # the slice's 8-image val and test splits are named as too small to say much
+    assert "warning: the val split has only 8 images" in said and "warning: the test split has only 8 images" in said
     again = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "b.json")])
     assert [_entry(e) for e in first] == [_entry(e) for e in again]
     entry = first[0]

@@ -1,6 +1,9 @@
+from math import comb
+
 import pytest
 import torch
 
+from data.chance import chance_recall, small_split_warning
 from training.metrics import format_table, retrieval_ranks, retrieval_recall
 
 
@@ -53,3 +56,28 @@ def test_table_shows_mean_and_std_over_students():
     row = {k: (10.0, 1.25) for k in ("ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10", "mean")}
     line = format_table([("lors", row)]).splitlines()[2]
     assert line.startswith("| lors | 10.0 ± 1.2 |") and line.count("±") == 7
+
+
+def test_chance_recall_on_hand_made_splits():
+    """2 images of 1 caption: IR@1 = TR@1 = 50%; 6 images of 2 captions each: TR@1 = 2/12, TR@5 = 1 − C(10,5)/C(12,5)."""
+    assert chance_recall([1, 1], ks=(1,)) == {"ir@1": 50.0, "tr@1": 50.0}
+    chance = chance_recall([2] * 6)
+    assert chance["ir@1"] == pytest.approx(100 / 6) and chance["ir@10"] == 100.0
+    assert chance["tr@1"] == pytest.approx(100 * 2 / 12)
+    assert chance["tr@5"] == pytest.approx(100 * (1 - comb(10, 5) / comb(12, 5)))
+
+
+def test_chance_recall_matches_random_rankings():
+    counts = [1, 2, 3, 1, 2]
+    caption_image = torch.tensor([i for i, c in enumerate(counts) for _ in range(c)])
+    generator = torch.Generator().manual_seed(0)
+    runs = [retrieval_recall(torch.rand(5, 9, generator=generator), caption_image, ks=(1, 2)) for _ in range(4000)]
+    for key, value in chance_recall(counts, ks=(1, 2)).items():
+        assert sum(r[key] for r in runs) / len(runs) == pytest.approx(value, abs=1.0)
+
+
+def test_only_small_splits_are_warned_about():
+    assert small_split_warning("test", [5] * 11) is None
+    assert small_split_warning("test", [1] * 6) == (
+        "warning: the test split has only 6 images, so recall over it says little: a random ranking scores IR@1 17%, "
+        "IR@5 83%, IR@10 100%, TR@1 17%, TR@5 83%, TR@10 100%")

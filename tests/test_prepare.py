@@ -68,6 +68,10 @@ def test_a_clean_tree_passes(tree, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tuxtree: all checks passed" in out and "FAIL" not in out
     assert re.search(r"^train images +\| - +\| 4 \(1 restval\) +\| -$", out, re.M)  # reported, not judged
+    for split in ("val", "test"):  # usable, but 2 images each: said, with the chance levels
+        assert re.search(rf"^warning: the {split} split has only 2 images, so recall over it says little: a random "
+                         rf"ranking scores IR@1 50%, IR@5 100%", out, re.M)
+    assert len(report.warnings) == 2
 
 
 def test_blip_style_per_split_files_are_recognised(tree, tmp_path, capsys):

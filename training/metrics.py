@@ -7,7 +7,7 @@ model whose scores are all equal gets chance-level recall, not 100%.
 """
 import torch
 
-KS = (1, 5, 10)
+from data.chance import KS
 
 
 def retrieval_ranks(sims, caption_image):
