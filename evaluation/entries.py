@@ -52,12 +52,15 @@ def evaluate_distilled(ctx, paths, student_image_encoder=None, log=print):
     for path, dset in sets:
         start = time.time()
         entry = describe(dset, path)
+        name = f" of {entry['model']}"  # in each logged line: which set
         if ecfg["lr_grid"] and needs_lr_choice(dset):
-            lr, curves, scores = val_chosen_lr(ctx, dset, ecfg, log=log)
+            lr, curves, scores = val_chosen_lr(ctx, dset, ecfg, log=log, name=name)
             entry.update(model=f"{entry['model']}, lr {lr} chosen on val", lr=lr,
                          lr_grid={k: round(v, 2) for k, v in scores.items()})
         else:
-            curves = student_curves(ctx, dset, ecfg, log=log)
+            if not dset.lrs:  # students at evaluate.lr_*: the row says at what
+                entry.update(model=f"{entry['model']}, lr {ecfg['lr_image']:g} / {ecfg['lr_text']:g}")
+            curves = student_curves(ctx, dset, ecfg, log=log, name=name)
         seconds = (time.time() - start) * world_size() / len(curves)  # process-seconds, whatever the processes
         entries.append({**entry, "students": len(curves), **summarise(curves),
                         "seconds_per_student": round(seconds, 1), "curves": curves})

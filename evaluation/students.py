@@ -120,8 +120,9 @@ def scorer(ctx, splits):
     return curve, record
 
 
-def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
-    """One recall curve per student (seeds 0 … students-1) trained on `dset`, `evaluate.together` at a time.
+def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write, name=""):
+    """One recall curve per student (seeds 0 … students-1) trained on `dset`, `evaluate.together` at a time; `name`
+    tells the logged lines of one set (and lr) from another's.
     Under torchrun the groups of students are spread over the ranks (group g on rank g mod world size), and every
     rank returns all the curves: a student depends on its group only, so the curves are the single process's."""
     seeds = list(range(ecfg["students"]))
@@ -132,7 +133,7 @@ def student_curves(ctx, dset, ecfg, splits=("val", "test"), log=tqdm.write):
         train_students(ctx, dset, ecfg, group, lambda k, epoch, student: scored[k][1](epoch, student),
                        desc="students " + ",".join(map(str, group)))
         for seed, (curve, _) in zip(group, scored):
-            log(f"student {seed}: " + ", ".join(f"{s} mean recall {curve[s][-1]['mean']:.2f}" for s in splits)
+            log(f"student {seed}{name}: " + ", ".join(f"{s} mean recall {curve[s][-1]['mean']:.2f}" for s in splits)
                 + f" after {ecfg['epochs']} epochs")
             mine[seed] = curve
     everyone = {seed: curve for part in gather(mine) for seed, curve in part.items()}
@@ -145,7 +146,7 @@ def needs_lr_choice(dset):
     return not dset.lrs or dset.meta.get("iteration") == 0
 
 
-def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write):
+def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write, name=""):
     """(label of the chosen lr, its curves, {label: val score}) over `ecfg["lr_grid"]`, whose entries are one lr
     for both towers or {image: .., text: ..}: the entry whose students reach the best val mean recall at their
     val-selected checkpoint, averaged over students (ties: the first)."""
@@ -153,10 +154,11 @@ def val_chosen_lr(ctx, dset, ecfg, log=tqdm.write):
     for lr in ecfg["lr_grid"]:
         lrs = tower_lrs(lr, "each entry of evaluate.lr_grid")
         label = f"{lr:g}" if not isinstance(lr, dict) else f"{lrs['image']:g} / {lrs['text']:g}"
-        log(f"student lr {label} (chosen on val among {ecfg['lr_grid']})")
-        curves[label] = student_curves(ctx, replace(dset, lrs=lrs), ecfg, log=log)
+        curves[label] = student_curves(ctx, replace(dset, lrs=lrs), ecfg, log=log, name=f"{name}, lr {label}")
         scores[label] = statistics.fmean(max(r["mean"] for r in curve["val"]) for curve in curves[label])
     best = max(scores, key=scores.get)
+    log(f"lr {best} chosen on val{name} (val mean recall per lr: "
+        + ", ".join(f"{lr} {score:.2f}" for lr, score in scores.items()) + ")")
     return best, curves[best], scores
 
 

@@ -2,6 +2,7 @@
 protocols, reproducibility, the PNG + JSON round trip, cross-architecture students, full data, coreset methods,
 and refused inputs."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,8 @@ def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(c
     first = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "a.json")])
     said = capsys.readouterr().out  # the slice's 8-image val and test splits are named as too small to say much
     assert "warning: the val split has only 8 images" in said and "warning: the test split has only 8 images" in said
+    assert re.search(r"^student 1 of random \(5 pairs\): val mean recall [0-9.]+, test mean recall", said, re.M)
+    assert re.fullmatch(r"random \(5 pairs\), lr [0-9.]+ / [0-9.]+", first[0]["model"])  # at what lr, unchosen
     again = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--out", str(tmp_path / "b.json")])
     assert [_entry(e) for e in first] == [_entry(e) for e in again]
     entry = first[0]
@@ -177,7 +180,7 @@ def test_the_same_artefact_twice_gives_the_same_numbers_and_writes_json_md_png(c
     assert [line for line in markdown.splitlines() if line.startswith("## ")] == [
         "## last epoch", "## val-selected",
         "## as published (checkpoint chosen on test: for comparison with the LoRS tables only)"]
-    assert "| random (5 pairs), 2 students |" in markdown
+    assert "| random (5 pairs), lr 0.1 / 0.1, 2 students |" in markdown
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -229,7 +232,7 @@ def test_cross_architecture_students_train_on_renormalised_pixels(cfg_file, rand
     entries = evaluate.main(["--config", str(cfg_file), "--distilled", str(random_set), "--student-image-encoder",
                              "nf_resnet50", "--evaluate.students", "1", "--out", str(tmp_path / "x.json")])
     assert entries[0]["student_image_encoder"] == "nf_resnet50"
-    assert entries[0]["model"] == "random (5 pairs) → nf_resnet50 student"
+    assert entries[0]["model"] == "random (5 pairs), lr 0.1 / 0.1 → nf_resnet50 student"
     assert 0.0 <= entries[0]["protocols"]["val-selected"]["mean"][0] <= 100.0
 
 
