@@ -2,7 +2,7 @@
 `dataset.json`, `artefacts.imagefolder` a Hugging Face imagefolder; `read_folder` reads either back.
 
     python -m artefacts.export runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/lors_50_png
-    python -m artefacts.export SET OUT --format imagefolder [--evaluation RESULTS.json]
+    python -m artefacts.export SET OUT --format imagefolder [--evaluation RESULTS.json] [--license ID]
 """
 import json
 from functools import partial
@@ -69,15 +69,17 @@ def main(argv=None):
                              "datasets.load_dataset('imagefolder', data_dir=OUT)")
     parser.add_argument("--evaluation", type=Path,
                         help="results JSON of evaluate.py on FILE: its recall goes into the card (imagefolder)")
+    parser.add_argument("--license", help="the source data's licence for the card, a Hugging Face id (e.g. "
+                                          "cc-by-4.0; default: known for tuxpaint, flickr30k, coco, else unknown)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the export's files in a non-empty folder that is not a previous export")
     args = parser.parse_args(argv)
-    if args.evaluation and args.format != "imagefolder":
-        parser.error("--evaluation goes into the dataset card, which only --format imagefolder writes")
+    if (args.evaluation or args.license) and args.format != "imagefolder":
+        parser.error("--evaluation and --license go into the dataset card, which only --format imagefolder writes")
     dset = load_distilled(args.file)
     if args.format == "imagefolder":  # the evaluation is read before the folder is touched
         evaluation = read_evaluation(args.evaluation, args.file) if args.evaluation else None
-        export = partial(export_imagefolder, dset, args.out, args.overwrite, args.file.name, evaluation)
+        export = partial(export_imagefolder, dset, args.out, args.overwrite, args.file.name, evaluation, args.license)
     else:
         export = partial(export_distilled, dset, args.out, args.overwrite)
     with folder_lock(args.out):

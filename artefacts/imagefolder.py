@@ -27,11 +27,14 @@ from training.metrics import KS, format_table
 
 TEXT_KEYS = ("text_encoder", "text_weights")  # what learned text features are only meaningful with
 RECALL_KEYS = tuple(f"{side}@{k}" for side in ("ir", "tr") for k in KS) + ("mean",)
+# the source data's licence (Hugging Face ids), which a set made from it keeps: Tux Paint's stamps are GPL-2.0;
+# Flickr30K's and COCO's images are under Flickr's terms. Other data: `--license`, else unknown
+SOURCE_LICENSES = {"tuxpaint": "gpl-2.0", "flickr30k": "other", "coco": "other"}
 
 
-def export_imagefolder(dset, folder, overwrite=False, source=None, evaluation=None):
+def export_imagefolder(dset, folder, overwrite=False, source=None, evaluation=None, license=None):
     """Write the export (module docstring) safely (`export_build`); `source` names the set's file in the card,
-    `evaluation` (`read_evaluation`) adds its recall."""
+    `evaluation` (`read_evaluation`) adds its recall, `license` is the source data's (default: `SOURCE_LICENSES`)."""
     check_exportable(dset, folder)
     with export_build(folder, "imagefolder", overwrite) as build:
         names = write_pngs(dset, build / "images")
@@ -41,7 +44,7 @@ def export_imagefolder(dset, folder, overwrite=False, source=None, evaluation=No
         meta = {k: v for k, v in dset.metadata().items() if k != "captions"}  # the captions are in metadata.jsonl
         save_tensors(build / FEATURES_FILE, {k: v for k, v in dset.tensors().items() if k != "images"},
                      {**meta, "format": EXPORT_FORMAT})
-        atomic_write_text(build / CARD_FILE, card(dset, source, evaluation))
+        atomic_write_text(build / CARD_FILE, card(dset, source, evaluation, license))
 
 
 # ---- the dataset card -------------------------------------------------------------------------------------------
@@ -73,7 +76,8 @@ def read_evaluation(path, set_path):
         raise InputError(f"--evaluation {path}: the result for {set_path} has no readable recall (per protocol, "
                          f"{', '.join(RECALL_KEYS)} as % or [mean, std]); pass an unedited results JSON of "
                          f"evaluate.py")
-    return {"file": path.name, "dataset": results.get("dataset"), "entry": entry}
+    evaluate = (results.get("config") or {}).get("evaluate") or {}
+    return {"file": path.name, "dataset": results.get("dataset"), "entry": entry, "epochs": evaluate.get("epochs")}
 
 
 def _is_recall(value):
@@ -81,12 +85,13 @@ def _is_recall(value):
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
 
 
-def card(dset, source=None, evaluation=None):
+def card(dset, source=None, evaluation=None, license=None):
     """README.md: YAML front matter for the Hub (the `configs` entry makes `load_dataset(FOLDER)` read
     metadata.jsonl too), then what the set is, where its parts are and, if measured, its recall."""
     meta, n = dset.meta, len(dset)
     method, dataset = meta.get("method", "unknown method"), meta.get("dataset", "an unnamed dataset")
-    front = {"license": "unknown", "pretty_name": f"{method} distilled set of {dataset} ({n} pairs)",
+    license = license or SOURCE_LICENSES.get(dataset, "unknown")
+    front = {"license": license, "pretty_name": f"{method} distilled set of {dataset} ({n} pairs)",
              "task_categories": ["image-to-text", "text-to-image"],
              "tags": ["dataset-distillation", "image-text-retrieval", "synthetic"],
              "size_categories": ["n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K"],
@@ -97,6 +102,7 @@ def card(dset, source=None, evaluation=None):
     rows = [("method", f"`{method}`" + (f" ({meta['metagrad']})" if meta.get("metagrad") else "")),
             ("budget", f"{meta.get('budget', n)} pairs"),
             ("distilled from", f"{dataset}, file `{source}`" if source else dataset),
+            ("licence", f"`{license}`, the source data's: the images and captions derive from {dataset}"),
             ("image encoder", f"`{meta.get('image_encoder')}`, weights `{meta.get('image_weights')}`, {size}×{size} "
                               f"pixels, normalised with mean {meta.get('mean')} and std {meta.get('std')}"),
             ("text encoder", f"`{meta.get('text_encoder')}`, weights `{meta.get('text_weights')}`"),
@@ -124,9 +130,13 @@ def card(dset, source=None, evaluation=None):
              "the encoded captions with S = I otherwise.", "", "## Recall", ""]
     if evaluation:
         entry, students = evaluation["entry"], evaluation["entry"].get("students", "?")
+        epochs = f" for {evaluation['epochs']} epochs" if evaluation.get("epochs") else ""
+        lr = (f", lr {entry['lr']} chosen on val" if entry.get("lr") else ", at the set's learned lrs" if dset.lrs
+              else "")
         lines += [f"Test retrieval on {evaluation['dataset']} (%; mean ± std over {students} student"
-                  f"{'' if students == 1 else 's'} trained on this set), from `{evaluation['file']}` written by "
-                  f"evaluate.py:", "",
+                  f"{'' if students == 1 else 's'}, each trained on this set{epochs}{lr}; the students and settings "
+                  f"of one evaluate.py run, not a tuned result), from `{evaluation['file']}` written by evaluate.py:",
+                  "",
                   format_table(list(entry["protocols"].items()))]
     else:
         lines.append("Not measured for this card (export with `--evaluation RESULTS.json` from evaluate.py).")

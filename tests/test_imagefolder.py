@@ -5,6 +5,7 @@ refuses what the Karpathy export refuses."""
 import hashlib
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_the_card_names_the_set_its_files_and_its_measured_recall(tmp_path, monk
     dset = _set()
     save_distilled(tmp_path / "set.safetensors", dset)
     ours = {"last epoch": _recall(31.0), "val-selected": _recall(33.0)}
-    results = {"dataset": "tuxslice", "split": "test", "config": {},
+    results = {"dataset": "tuxslice", "split": "test", "config": {"evaluate": {"epochs": 100}},
                "results": [{"model": "other", "source": "other.safetensors", "students": 5,
                             "protocols": {"last epoch": _recall(90.0)}},
                            {"model": "lors (4 pairs)", "source": "./set.safetensors", "students": 2,
@@ -132,13 +133,17 @@ def test_the_card_names_the_set_its_files_and_its_measured_recall(tmp_path, monk
         assert line in text.splitlines()
     assert re.search(r"\| similarity matrix S \| low rank 2, α 0\.5: .*`sim_diag`.*`sim_left`.*`sim_right`.* in "
                      r"`features\.safetensors`", text)
-    assert "from `results.json` written by evaluate.py" in text and "over 2 students" in text
+    assert "from `results.json` written by evaluate.py" in text
+    assert "over 2 students, each trained on this set for 100 epochs, at the set's learned lrs" in text  # how measured
+    assert "| licence | `unknown`, the source data's: the images and captions derive from tuxslice |" in text
     assert format_table(list(ours.items())) in text  # this set's recall, not the other set's
     assert "| last epoch | 31.0 ± 1.5 | 32.0 ± 1.5 | 33.0 ± 1.5 | 34.0 ± 1.5 | 35.0 ± 1.5 | 36.0 ± 1.5 | " \
            "33.5 ± 0.5 |" in text and "90.0" not in text
     coreset = DistilledSet(dset.images, dset.text_features, Similarity("identity", 4), None,
                            {**dset.meta, "method": "random"})
     plain = card(coreset)
+    assert _front_matter(card(replace(coreset, meta={**coreset.meta, "dataset": "tuxpaint"})))["license"] == "gpl-2.0"
+    assert _front_matter(card(coreset, license="cc-by-4.0"))["license"] == "cc-by-4.0"  # own data: --license
     assert "| learned learning rates | none |" in plain and "| similarity matrix S | S = I (not learned" in plain
     assert "Not measured for this card (export with `--evaluation RESULTS.json`" in plain
 
@@ -256,8 +261,9 @@ def test_a_bad_format_or_a_card_without_one_is_refused(tmp_path, capsys):
     save_distilled(path, _set())
     for args, message in ((["--format", "parquet"], r"argument --format: invalid choice: 'parquet' \(choose from "
                                                      r"'?karpathy'?, '?imagefolder'?\)"),
-                          (["--evaluation", "r.json"], r"--evaluation goes into the dataset card, which only "
-                                                       r"--format imagefolder writes")):
+                          (["--evaluation", "r.json"], r"--evaluation and --license go into the dataset card, "
+                                                       r"which only --format imagefolder writes"),
+                          (["--license", "mit"], r"--evaluation and --license go into the dataset card")):
         with pytest.raises(SystemExit) as exit_info:
             run(export_cli.main, [str(path), str(tmp_path / "out"), *args])
         assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
