@@ -8,6 +8,8 @@ each block of its `blocks`/`stages`, the projection head) is one autograd Functi
 pulls the gradients of (u, u̇) through it. Peak memory: one segment's graph instead of the whole tower's. A chain
 with active dropout is not used (forward mode would draw other masks than the plain step).
 """
+import warnings
+
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
@@ -15,6 +17,10 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from networks.checkpointing import BLOCK_SEQUENCES, open_blocks, plain_blocks
+
+# torch scripts its own JVP decompositions on the first forward-mode use, and warns that torch.jit.script is
+# deprecated: torch's code, not ours, and the warning would break into every distillation's progress bar
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def build_chain(tower, flat):

@@ -6,6 +6,7 @@ tokenizer/, scheduler/. Only the denoiser trains: its bias and normalisation par
 adapters on its attention projections.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from torch.nn import functional as F
 
 from common.errors import InputError
 from networks.weights import ModelNotFoundError
+
+# diffusers passes huggingface_hub an argument it deprecated and ignores: a warning about their code, not the user's,
+# that would break into every EDGE progress bar
+warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
 
 TRAINABLE = ("bias-norm", "lora")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -1,9 +1,13 @@
 """The three meta-gradient modes on a tiny dual encoder (dropout on, low-rank similarity, wbce):
 `exact` equals `unroll`, `tesla` equals them at one step only, and both agree with finite differences."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT
 from methods.matching.metagrad import InnerLoop, meta_gradient
 from networks.checkpointing import checkpoint_blocks
 from networks.forward_mode import build_chain, chain_matches, segmented_jvp
@@ -230,3 +234,16 @@ def test_bf16_meta_gradient_runs_on_the_demo_tower(tiny_cfg):
         grads[precision] = syn_grads["images"]
         assert torch.isfinite(syn_grads["images"]).all() and syn_grads["images"].abs().sum() > 0, precision
     assert not torch.equal(grads["bf16"], grads["fp32"])
+
+
+def test_forward_mode_says_nothing_of_torchs_own_scripting():
+    """torch scripts its JVP decompositions on first use and warns that torch.jit.script is deprecated; importing
+    networks.forward_mode (as every meta-gradient does) silences that, and only that, FutureWarning."""
+    code = ("import torch, warnings\nfrom torch.autograd import forward_ad\nimport networks.forward_mode\n"
+            "with forward_ad.dual_level():\n"
+            "    x = forward_ad.make_dual(torch.randn(4, 3), torch.randn(4, 3))\n"
+            "    torch.nn.functional.cross_entropy(x, torch.tensor([0, 1, 2, 0]))\n"
+            "warnings.warn('another', FutureWarning)\n")
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert "torch.jit.script" not in done.stderr and "FutureWarning: another" in done.stderr
