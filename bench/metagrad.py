@@ -171,6 +171,8 @@ def main(argv=None):
                                    f"{mode} K={steps}" + (f" checkpointing {ckpt}" if ckpt else ""))
                 if result is not None:
                     results[mode, steps, ckpt] = result
+    if not results:
+        sys.exit("error: every case failed (their output is above)")
     report(results)
 
 

@@ -78,7 +78,7 @@ class _Segment(torch.autograd.Function):
     def forward(ctx, module, names, count, x, x_dot, *params_and_tangents):
         ctx.module, ctx.names, ctx.count = module, names, count
         ctx.save_for_backward(x, x_dot, *params_and_tangents)
-        with torch.no_grad():
+        with torch.no_grad(), _SegmentOps(lean_silu=False):
             return _jvp(module, names, x, x_dot, params_and_tangents[:count], params_and_tangents[count:])
 
     @staticmethod
@@ -87,7 +87,7 @@ class _Segment(torch.autograd.Function):
         params, tangents = rest[:ctx.count], rest[ctx.count:]
         inputs = [t.detach().requires_grad_(True) for t in (x, x_dot, *params)]
         with torch.enable_grad():
-            with _LeanSilu():
+            with _SegmentOps(lean_silu=True):
                 y, y_dot = _jvp(ctx.module, ctx.names, inputs[0], inputs[1], inputs[2:], tangents)
             grads = torch.autograd.grad([y, y_dot], inputs, [grad_y, grad_y_dot], allow_unused=True)
         return (None, None, None, *grads, *([None] * len(tangents)))
@@ -100,16 +100,24 @@ def _jvp(module, names, x, x_dot, params, tangents):
         return jvp(run, (x, *params), (x_dot, *tangents))
 
 
-class _LeanSilu(TorchFunctionMode):
-    """SiLU in a segment's recomputation, with a tangent that keeps only x and ẋ for the backward: torch's
-    forward-mode rule (under grad mode) keeps five more activation-sized tensors, half of an NFNet block's graph.
-    Same numbers: the same ops, recomputed in the backward. Returns a new tensor even when asked in place (the
-    modules use the returned value)."""
+class _SegmentOps(TorchFunctionMode):
+    """Inside a segment, activations asked to work in place (`inplace=True`) work out of place: in place they would
+    overwrite the segment's input, which it keeps for its backward (timm before 1.0.31 builds NFNet's `final_act`,
+    a segment of its own, in place). In the backward's recomputation (`lean_silu`), SiLU also gets a tangent that keeps
+    only x and ẋ: torch's forward-mode rule (under grad mode) keeps five more activation-sized tensors, half of an
+    NFNet block's graph. Same numbers either way: the same ops, recomputed in the backward."""
+
+    def __init__(self, lean_silu):
+        super().__init__()
+        self.lean_silu = lean_silu
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.silu:
+        kwargs = dict(kwargs or {})
+        if kwargs.get("inplace"):
+            kwargs["inplace"] = False
+        if self.lean_silu and func is F.silu:
             return _Silu.apply(args[0])
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 class _Silu(torch.autograd.Function):

@@ -146,6 +146,27 @@ def test_segment_recomputation_keeps_torchs_numbers_with_silu():
         assert torch.equal(mine, torchs)
 
 
+@pytest.mark.parametrize("act", [nn.SiLU, nn.ReLU])
+def test_a_segment_that_works_in_place_leaves_its_input_alone(act):
+    """An activation that is a segment of its own and works in place (NFNet's final_act before timm 1.0.31) would
+    overwrite the input its segment keeps for the backward; segments run it out of place, with torch's gradients."""
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv2d(3, 4, 3), act(inplace=True), nn.Conv2d(4, 5, 3))
+    chain = [(module, f"{i}.") if i != 1 else (module, "1") for i, module in enumerate(tower)]
+    flat = FlatTower(tower)
+    theta, tangent = flat.flatten().requires_grad_(True), torch.randn(flat.numel)
+    images = torch.randn(2, 3, 8, 8, requires_grad=True)
+    weights = torch.randn(2, 2, 5, 4, 4)
+
+    def gradients(u, u_dot):
+        return torch.autograd.grad((weights[0] * u + weights[1] * u_dot).sum(), [theta, images])
+
+    segmented = gradients(*segmented_jvp(chain, flat, theta, tangent, images))
+    own = gradients(*torch.func.jvp(flat, (theta, images), (tangent, torch.zeros_like(images))))
+    for mine, torchs in zip(segmented, own):
+        assert relative_error(mine, torchs) < 1e-6
+
+
 @pytest.mark.parametrize("eta", [0.1, 0.5])
 def test_bf16_meta_gradient_stays_within_five_percent_of_fp32(eta):
     """Bound: 5% relative error and cosine ≥ 0.998 per tensor. This tower's few, tiny layers round like bf16's 8-bit
