@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of the benchmarks: bench/gpu.sh [metagrad|students|edge|trajectory-free|all] [OUT_DIR]  (one H100 or H200)
 # Each table is printed and saved to OUT_DIR (default runs/bench-gpu). Random-init NFNet-l0, BERT-base and SD-1.5
-# have the true shapes, so no weights or data are needed. Each part fits in one 10-minute device call.
+# have the true shapes, so no weights or data are needed, except by `students` (the Flickr30K images and BERT) and
+# `edge` (the MiniLM package's tokenizer). Each part fits in one 10-minute device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
