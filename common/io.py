@@ -121,11 +121,27 @@ def atomic_write_json(path, obj):
 
 
 def save_tensors(path, tensors, metadata):
-    """safetensors file, written atomically; every metadata value is stored JSON-encoded."""
+    """safetensors file, written atomically; every metadata value is stored JSON-encoded. The same tensors and
+    metadata give the same bytes in every process (`_sort_header`)."""
     meta = {k: json.dumps(v) for k, v in metadata.items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _sort_header(tmp)
+
+
+def _sort_header(path):
+    """Rewrite a safetensors header with its keys sorted, in place: the writer orders them per process (a hash map),
+    so two saves of one set had different sha256s. Compact JSON of the same keys has the header's length; the data
+    offsets are relative to the data, so only the header changes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        ordered = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(ordered) > size:
+            raise RuntimeError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(ordered.ljust(size))  # the writer pads with spaces too
 
 
 def read_tensor_file(path):

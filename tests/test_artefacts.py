@@ -4,6 +4,8 @@ folder unasked."""
 import hashlib
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from artefacts.export import export_distilled
 from artefacts.folder import EXPORT_FORMAT
 from common.cli import run
 from common.visuals import to_uint8
+from conftest import ROOT
 from training.experts import ExpertPool
 from training.similarity import Similarity
 from training.trajectories import TrajectoryError, expert_path, read_snapshots, save_expert
@@ -233,3 +236,18 @@ def test_a_non_finite_expert_file_is_named(tmp_path):
         ExpertPool(tmp_path, {}, {}, last_epoch=3).segment(0, 0, 2, "cpu")
     with pytest.raises(TrajectoryError, match=r"holds epochs 0\.\.3, not epoch 4"):
         read_snapshots(path, [0, 4])
+
+
+def test_one_set_saved_in_three_processes_has_one_sha256(tmp_path):
+    """safetensors orders metadata keys per process; save_tensors sorts them, so a set can be checked by its hash
+    (without the sort, three processes gave three hashes)."""
+    code = ("import sys, torch\nfrom common.io import save_tensors, read_tensor_file\n"
+            "t = {f't{i}': torch.arange(i + 3, dtype=torch.float32) for i in range(6)}\n"
+            "meta = {f'k{i}': {'v': i, 'text': 'é/\"q\"'} for i in range(12)}\n"
+            "save_tensors(sys.argv[1], t, meta)\nassert read_tensor_file(sys.argv[1])[0] == meta\n")
+    hashes = set()
+    for i in range(3):
+        path = tmp_path / f"set_{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
+        hashes.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(hashes) == 1
