@@ -11,6 +11,7 @@ import argparse
 import copy
 import difflib
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,7 +151,23 @@ def resolve(cfg, schema, source="config"):
                 problems.append(f"{prefix}{key} must be {wanted}, not {values[key]!r}")
     if problems:
         raise ConfigError("; ".join(problems))
+    _place_outputs(cfg)
     return cfg
+
+
+OUTPUT_SECTIONS = ("buffer", "distill", "edge")  # the sections whose out_dir is a folder the run writes
+
+
+def _place_outputs(cfg):
+    """`{budget}` in distill.out_dir becomes the budget (lors_{budget}: a budget override moves the run); with
+    out_root, every out_dir moves into that folder under its own name. Both idempotent: a saved config resolves
+    to itself."""
+    if "distill" in cfg:
+        cfg["distill"]["out_dir"] = str(cfg["distill"]["out_dir"]).replace("{budget}", str(cfg["distill"]["budget"]))
+    if cfg.get("out_root"):
+        for section in OUTPUT_SECTIONS:
+            if section in cfg:
+                cfg[section]["out_dir"] = str(Path(cfg["out_root"]) / Path(cfg[section]["out_dir"]).name)
 
 
 def resolved_section(name, values):
@@ -208,11 +225,29 @@ def parse_args(argv=None, description=None, extra=None, reads=(), method_keys=No
             key, value = token[2:], rest[i + 1]
             i += 2
         overrides.append((key, value))
+    overrides = _for_this_tool(args.config, overrides, reads)
     try:
         cfg = load_config(args.config, overrides, schema)
     except ConfigError as err:
         parser.error(str(err))
     return cfg, args
+
+
+def _for_this_tool(path, overrides, reads):
+    """The overrides without those of a section that this tool does not read and its config lacks (one set of
+    overrides, e.g. the README's TINY, can then go to every tool); each one left out is said in a note."""
+    if not reads:
+        return overrides
+    try:
+        present = set(_read(Path(path).resolve(), seen=()))
+    except ConfigError:
+        return overrides  # load_config reports it
+    skipped = [key for key, _ in overrides
+               if "." in key and key.split(".")[0] in SECTIONS and key.split(".")[0] not in {*reads, *present}]
+    if skipped:
+        print(f"note: {' '.join('--' + k for k in skipped)}: not read by this tool ({path} has no such section), "
+              f"left out", file=sys.stderr)
+    return [(key, value) for key, value in overrides if key not in skipped]
 
 
 def save_config(cfg, path):

@@ -87,6 +87,9 @@ TOP = {
                   "ours: this code's details; reference: the public LoRS code's (docs/differences.md)"),
     "cache_dir": Key(".cache", PATH, "where caption features, converted weights and the image cache are kept"),
     "device": Key("auto", text, "auto (a GPU when there is one), cpu, cuda or cuda:N"),
+    "out_root": Key(None, nullable(text), "a folder that every output of the run moves into: each out_dir keeps "
+                    "its own name there (runs/tuxpaint/lors_50 → OUT_ROOT/lors_50), evaluate.py's results go to "
+                    "OUT_ROOT/eval; null: each out_dir as written"),
 }
 
 SECTIONS = {
@@ -168,7 +171,7 @@ SECTIONS = {
         "eval_every": Key(0, whole(0), "> 0: quick students on val every k iterations"),
         "eval_students": Key(2, COUNT, "students of that validation"),
         "seed": Key(0, whole(0), "seed of the initial set and of every draw"),
-        "out_dir": Key(REQUIRED, PATH, "folder of the run: checkpoint, set, pictures"),
+        "out_dir": Key(REQUIRED, PATH, "folder of the run: checkpoint, set, pictures ({budget}: distill.budget)"),
     },
     "log": {
         "tensorboard": Key(None, nullable(text), "a folder for live TensorBoard curves (null: off)"),

@@ -112,15 +112,16 @@ def results_markdown(ctx, entries):
 
 
 def default_out(cfg, distilled, full_data, student_image_encoder):
-    """runs/<dataset>/eval/<name of the first set>-<hash of all the sets' paths>.json: evaluations of different sets
-    never share a file, even when their folders have the same name."""
+    """runs/<dataset>/eval/<name of the first set>-<hash of all the sets' paths>.json (OUT_ROOT/eval/… with
+    out_root): evaluations of different sets never share a file, even when their folders have the same name."""
     if full_data:
         name, sources = "full_data", [cfg["data"]["annotations"]]
     else:
         first = distilled[0]
         name, sources = (first.parent.name if first.stem == "distilled" else first.stem), distilled
     key = hash_strings(*(Path(p).resolve() for p in sources), student_image_encoder)[:8]
-    return Path("runs") / cfg["data"]["name"] / "eval" / f"{name}-{key}.json"
+    root = Path(cfg["out_root"]) if cfg.get("out_root") else Path("runs") / cfg["data"]["name"]
+    return root / "eval" / f"{name}-{key}.json"
 
 
 def writable(out):

@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from common.config import ConfigError, load_config, parse_args
+from common.config import ConfigError, Schema, load_config, parse_args, resolve
+from evaluation.entries import default_out
+from methods import method_keys
 
 
 @pytest.fixture
@@ -73,3 +75,38 @@ def test_a_base_cycle_through_relative_folders_is_named(tmp_path):
     (tmp_path / "sub" / "b.yaml").write_text("base: ../sub/../a.yaml\n")
     with pytest.raises(ConfigError, match="a.yaml is its own base"):
         load_config(tmp_path / "a.yaml")
+
+
+def _distill_file(tmp_path):
+    buffer = tmp_path / "buffer.yaml"
+    buffer.write_text(yaml.safe_dump({"buffer": {"out_dir": "runs/x/buffer", "epochs": 4}}))
+    distill = tmp_path / "lors.yaml"
+    distill.write_text(yaml.safe_dump({"base": "buffer.yaml", "distill": {
+        "method": "mtt-vl", "budget": 50, "lr_image": 100, "lr_text": 100, "out_dir": "runs/x/mtt-vl_{budget}"}}))
+    return buffer, distill
+
+
+def test_out_root_moves_every_output_and_out_dirs_follow_the_budget(tmp_path):
+    _, distill = _distill_file(tmp_path)
+    reads = ("buffer", "distill")
+    cfg, _ = parse_args(["--config", str(distill), "--distill.budget", "10"], reads=reads, method_keys=method_keys())
+    assert (cfg["buffer"]["out_dir"], cfg["distill"]["out_dir"]) == ("runs/x/buffer", "runs/x/mtt-vl_10")
+    cfg, _ = parse_args(["--config", str(distill), "--out_root", "runs/tiny"], reads=reads, method_keys=method_keys())
+    assert (cfg["buffer"]["out_dir"], cfg["distill"]["out_dir"]) == ("runs/tiny/buffer", "runs/tiny/mtt-vl_50")
+    assert default_out(cfg, [tmp_path / "set.safetensors"], False, None).parent.as_posix() == "runs/tiny/eval"
+    assert resolve(yaml.safe_load(yaml.safe_dump(cfg)), Schema(method_keys())) == cfg  # a saved config stays put
+
+
+def test_one_set_of_overrides_serves_every_tool(tmp_path, capsys):
+    """An override of a section the tool does not read and its config lacks is left out with a note; a section the
+    config has is still checked, and a misspelt one is still an error."""
+    buffer, _ = _distill_file(tmp_path)
+    cfg, _ = parse_args(["--config", str(buffer), "--buffer.epochs", "2", "--distill.iterations", "2"],
+                        reads=("buffer",))
+    assert cfg["buffer"]["epochs"] == 2 and "distill" not in cfg
+    assert "note: --distill.iterations: not read by this tool" in capsys.readouterr().err
+    for wrong, message in ((["--distil.iterations", "2"], "unknown config section 'distil'"),
+                           (["--buffer.epoch", "2"], "unknown config key 'buffer.epoch'")):
+        with pytest.raises(SystemExit):
+            parse_args(["--config", str(buffer), *wrong], reads=("buffer",))
+        assert message in capsys.readouterr().err
