@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import training.experts as experts
+from common.config import Schema, resolve
 from training.experts import experts_of_rank, run_buffer
 from training.trajectories import TrajectoryError, expert_files, expert_path, load_expert
 
@@ -123,7 +124,7 @@ def test_evaluate_reports_start_and_trained_snapshots(tiny_cfg, tmp_path, monkey
     printed = capsys.readouterr().out
     assert "| expert 0, epoch 2 |" in printed and "IR@1" in printed
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert saved["results"][1]["mean"] == pytest.approx(rows[1][1]["mean"]) and saved["config"] == tiny_cfg
+    assert saved["results"][1]["mean"] == pytest.approx(rows[1][1]["mean"]) and saved["config"] == resolve(copy.deepcopy(tiny_cfg), Schema())
     with pytest.raises(TrajectoryError, match="epochs 0..2; epoch 5 does not exist"):
         evaluate.main(["--config", str(cfg_file), "--expert", str(path), "--epochs", "5"])
     cfg_file.write_text(yaml.safe_dump({**tiny_cfg, "data": {**tiny_cfg["data"], "image_size": 40}}))
