@@ -13,8 +13,9 @@
 # a set with learned lrs is also trained at those lrs.
 # Every experts' run, distillation and coreset is timed (wall, CPU, peak memory: OUT/<name>.time, GNU time).
 # Every result is its own file in OUT and is kept when the script is rerun, so an interrupted run resumes, and
-# parts can run one after another, e.g. `BUDGETS=50 ROWS="covmatch mdm" sh/benchmark_tuxpaint.sh`.
-# Needs the demo data (`make data`) and GNU time (/usr/bin/time); the experts are trained if missing.
+# parts can run one after another or at once, e.g. `BUDGETS=50 ROWS="covmatch mdm" sh/benchmark_tuxpaint.sh`.
+# Needs the demo data (`make data`), GNU time (/usr/bin/time) and flock (util-linux); the experts are trained if
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -71,6 +72,10 @@ experts() {  # name arguments…: buffer.py, timed when the folder holds no expe
 }
 wanted() { case " $ROWS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
+# parts started together (BUDGETS=10 … & BUDGETS=50 … &) share the experts and the full-data run: the second part
+# waits here until the first has made them, then reuses them
+exec {shared_lock}>"$OUT/.experts.lock"
+flock "$shared_lock"
 experts buffer "${full[@]}"
 [ -f "$OUT/full_data.json" ] || $PY evaluate.py "${full[@]}" --full-data --buffer.epochs "$FULL_EPOCHS" \
   --out "$OUT/full_data.json"
@@ -79,6 +84,7 @@ if wanted repblend; then  # projection-head students: their own experts and full
   [ -f "$OUT/full_data_heads.json" ] || $PY evaluate.py "${heads[@]}" --full-data --buffer.epochs "$FULL_EPOCHS" \
     --out "$OUT/full_data_heads.json"
 fi
+flock -u "$shared_lock"
 for budget in $BUDGETS; do
   for method in random herding k-center forgetting; do
     wanted $method || continue
