@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 
 BACKENDS = ("nccl", "gloo")
 TIMEOUT_MINUTES = 30
@@ -24,7 +24,15 @@ def pick_device(name="auto"):
     """The torch device of a config's `device`: auto (a GPU when there is one), cpu, cuda, cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no GPU"
+        raise ConfigError(f"device {name} was asked for, but this machine has {found} that torch can use: "
+                          f"use --device cpu (or auto, a GPU when there is one)")
+    return device
 
 
 def launched():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.cli import EXIT_USER_ERROR, run
 from common.config import ConfigError, Schema, load_config, resolve
@@ -53,6 +54,17 @@ def test_bad_values_are_refused_before_any_compute_with_one_line(tmp_path, overr
                   *override)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "device cuda was asked for, but this machine has no GPU that torch can use: use --device cpu"),
+    ("gpu", "device 'gpu' is not a device: use auto, cpu, cuda or cuda:N")])
+def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(tmp_path, device, message):
+    result = _cli("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(tmp_path / "b"),
+                  "--device", device)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
 
 
 def test_every_bad_key_is_named_at_once():
