@@ -67,6 +67,17 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(tmp_
     assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("-m", "training.trajectories", "{tmp}/none"), "error: buffer folder {tmp}/none does not exist"),
+    (("coreset.py", "--config", "configs/tuxpaint/buffer.yaml", "--method", "herding", "--budget", "5", "--out",
+      "{tmp}/c.safetensors", "--buffer.out_dir", "{tmp}/none"),
+     "error: no expert file {tmp}/none/expert_000.safetensors: run buffer.py with this config first")])
+def test_the_tools_without_a_config_of_their_own_fail_the_same_way(tmp_path, args, message):
+    result = _cli(*(a.format(tmp=tmp_path) for a in args))
+    assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_every_bad_key_is_named_at_once():
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
     cfg["buffer"]["epochs"], cfg["distill"]["momentum"] = 0, -0.5

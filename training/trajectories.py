@@ -9,7 +9,6 @@ trajectory matching can learn) or random-walk (noise it cannot); see docs/expert
 """
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -51,7 +50,9 @@ def save_expert(path, snapshots, metadata, dtype="fp32"):
 
 
 def read_metadata(path):
-    """Metadata of an expert file (JSON values decoded); a clear error if the file is damaged."""
+    """Metadata of an expert file (JSON values decoded); a clear error if the file is missing or damaged."""
+    if not Path(path).is_file():
+        raise TrajectoryError(f"no expert file {path}: run buffer.py with this config first (its buffer.out_dir)")
     try:
         meta, shapes = read_tensor_file(path)
     except Exception as err:
@@ -311,10 +312,7 @@ def main(argv=None):
     parser.add_argument("buffer_dir", metavar="BUFFER_DIR", help="folder of expert_NNN.safetensors files")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args(argv)
-    try:
-        stats = buffer_stats(args.buffer_dir)
-    except TrajectoryError as err:
-        sys.exit(f"error: {err}")
+    stats = buffer_stats(args.buffer_dir)  # a TrajectoryError is one line and exit 2 (common.cli.run)
     print(format_stats(stats))
     if args.json:
         atomic_write_json(args.json, stats)
