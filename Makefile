@@ -24,7 +24,7 @@ demo: venv data
 	$(PY) buffer.py --config configs/tuxpaint/buffer.yaml
 	$(PY) evaluate.py --config configs/tuxpaint/buffer.yaml --expert runs/tuxpaint/buffer/expert_000.safetensors
 	$(PY) distill.py --config configs/tuxpaint/lors.yaml
-	$(PY) coreset.py --config configs/tuxpaint/buffer.yaml --method random --budget 50 --out runs/tuxpaint/random_50.safetensors
+	$(PY) coreset.py --config configs/tuxpaint/buffer.yaml --method random --budget 50 --out runs/tuxpaint/random_50.safetensors --overwrite
 	$(PY) evaluate.py --config configs/tuxpaint/lors.yaml --out runs/tuxpaint/demo_results.json \
 	  --distilled runs/tuxpaint/lors_50/distilled.safetensors runs/tuxpaint/random_50.safetensors
 

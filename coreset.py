@@ -14,6 +14,7 @@ from artefacts.distilled import save_distilled
 from artefacts.pairs import real_pairs
 from common.cli import run
 from common.config import parse_args
+from common.io import check_output
 from methods import method_keys
 from methods.coresets import CORESETS, select
 from training.context import RunContext
@@ -26,12 +27,14 @@ def _flags(parser):
     parser.add_argument("--expert", type=Path,
                         help="expert file whose embeddings herding/k-center/k-means use (default: expert 0 of buffer.out_dir)")
     parser.add_argument("--expert-epoch", type=int, help="its snapshot (default: the last)")
-    parser.add_argument("--out", type=Path, required=True, help="distilled-set file to write")
+    parser.add_argument("--out", type=Path, required=True, help="distilled-set file to write (a new one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags, reads=("data", "model", "buffer"),
                            method_keys=method_keys())
+    check_output(args.out, [cfg["buffer"]["out_dir"], *[args.expert] * bool(args.expert)], overwrite=args.overwrite)
     ctx = RunContext(cfg, splits=("train",))
     picks, provenance = select(ctx, args.method, args.budget, args.seed, args.expert, args.expert_epoch)
     meta = {**ctx.artefact_identity(), "method": args.method, "loss": "infonce", "budget": args.budget,

@@ -20,7 +20,7 @@ from common.cli import run
 from common.config import parse_args
 from common.distributed import processes, rank_zero_first
 from common.errors import MissingError
-from common.io import atomic_write_json
+from common.io import atomic_write_json, check_output
 from common.tensorboard import log_curves, tensorboard_dir
 from data.chance import small_split_warning
 from evaluation.entries import (default_out, evaluate_distilled, evaluate_expert, evaluate_full_data, results_markdown,
@@ -65,7 +65,9 @@ def main(argv=None):
         with rank_zero_first() if spread else nullcontext():  # rank 0 checks --out, builds the caches first
             out = None
             if rank == 0 and (not args.expert or args.out):
-                out = writable(args.out or default_out(cfg, args.distilled, args.full_data, args.student_image_encoder))
+                out = writable(check_output(args.out or default_out(cfg, args.distilled, args.full_data,
+                                                                    args.student_image_encoder),
+                                            [*(args.distilled or []), *[args.expert] * bool(args.expert)]))
             ctx = RunContext(cfg, splits=splits, device=device)
         return _evaluate(ctx, args, out, rank)
 

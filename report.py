@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.cli import run
 from common.errors import InputError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, check_output
 from evaluation.report import plot, read_results, tables
 from evaluation.students import PROTOCOLS
 from methods import reference
@@ -24,6 +24,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.plot and args.plot.suffix.lower() != ".png":
         raise InputError(f"--plot {args.plot}: the picture is a PNG; give a path that ends in .png")
+    for out, flag in ((args.out, "--out"), (args.plot, "--plot")):
+        if out:
+            check_output(out, args.results, flag)
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     entries = read_results(args.results)
     text = tables(entries, protocols, reference())

@@ -111,6 +111,19 @@ def _alive(pid):
     return True
 
 
+def check_output(out, inputs=(), flag="--out", overwrite=True):
+    """Before anything runs: refuse an output that would destroy an input of the run (the input itself, a folder
+    holding it, or a path inside an input folder); with `overwrite` False, refuse an existing file too."""
+    target = Path(out).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise OutputError(f"{flag} {out} would overwrite {source}, an input of this run: choose another path")
+    if not overwrite and target.exists():
+        raise OutputError(f"{flag} {out} exists: choose another path, or give --overwrite to replace it")
+    return out
+
+
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

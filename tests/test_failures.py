@@ -78,6 +78,24 @@ def test_the_tools_without_a_config_of_their_own_fail_the_same_way(tmp_path, arg
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, message", [
+    (("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--distilled", "{tmp}/set.safetensors", "--out",
+      "{tmp}/set.safetensors"), "--out {tmp}/set.safetensors would overwrite {tmp}/set.safetensors, an input"),
+    (("report.py", "{tmp}/results.json", "--out", "{tmp}/results.json"), "--out {tmp}/results.json would overwrite"),
+    (("coreset.py", "--config", "configs/tuxpaint/buffer.yaml", "--budget", "5", "--out", "{tmp}/set.safetensors"),
+     "--out {tmp}/set.safetensors exists: choose another path, or give --overwrite to replace it"),
+    (("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--buffer.out_dir", "{tmp}/buffer", "--distill.out_dir",
+      "{tmp}/buffer"), "distill.out_dir {tmp}/buffer would overwrite {tmp}/buffer, an input of this run")])
+def test_no_output_may_be_an_input_or_an_existing_set(tmp_path, command, message):
+    (tmp_path / "buffer").mkdir()
+    for name in ("set.safetensors", "results.json", "buffer/config.yaml"):
+        (tmp_path / name).write_text(f"the user's {name}")
+    before = _hashes(tmp_path)
+    result = _cli(*(part.format(tmp=tmp_path) for part in command))
+    assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr, result.stderr
+    assert _hashes(tmp_path) == before
+
+
 def test_every_bad_key_is_named_at_once():
     cfg = load_config(ROOT / "configs" / "tuxpaint" / "lors.yaml")
     cfg["buffer"]["epochs"], cfg["distill"]["momentum"] = 0, -0.5
