@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import run
+from common.errors import InputError, OutputError
 from data.images import composite_on_white
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS_SUBDIR = Path("usr/share/tuxpaint/stamps")
 JSON_NAME = "dataset_tuxpaint.json"
+BUILD_MARKER = ".built-by-data.tuxpaint"  # what the tool may delete and rewrite on a rerun
+MIN_SIDE = 16
 # British/Australian spellings sometimes differ ("colour"): extra captions.
 VARIANT_PREFIXES = ("en_GB.utf8=", "en_AU.utf8=", "en_GB=", "en_AU=")
 
@@ -195,14 +198,20 @@ def _write_readme(out_dir, counts, max_side, seed):
 def build_dataset(stamps_root, out_dir, max_side=256, seed=0, n_test=100, n_val=100):
     """Write images, README and (last) the JSON index; return the dataset dict."""
     stamps_root, out_dir = Path(stamps_root), Path(out_dir)
-    json_path = out_dir / JSON_NAME
+    json_path, marker = out_dir / JSON_NAME, out_dir / BUILD_MARKER
+    samples = find_stamps(stamps_root)
+    if not samples:
+        raise InputError(f"no Tux Paint stamps under {stamps_root}: the download cache is empty or damaged; delete it "
+                         "and rerun to download the package again")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (json_path.exists() or marker.exists()):
+        raise OutputError(f"--out {out_dir} holds files that this tool did not write: choose a new or empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    marker.touch()  # this folder is ours from now on: a rerun may replace what is in it
     # A rebuild must not leave an old index pointing at images being rewritten.
     if json_path.exists():
         json_path.unlink()
     shutil.rmtree(out_dir / "images", ignore_errors=True)
 
-    samples = find_stamps(stamps_root)
     rel_paths = [png.relative_to(stamps_root).as_posix() for png, _ in samples]
     splits = split_samples(rel_paths, seed, n_test, n_val)
     entries = []
@@ -240,6 +249,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--force", action="store_true", help="rebuild even if already built")
     args = parser.parse_args(argv)
+    if args.max_side < MIN_SIDE:
+        parser.error(f"--max-side must be at least {MIN_SIDE} px, not {args.max_side}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
     json_path = Path(args.out) / JSON_NAME

@@ -6,6 +6,7 @@ import shutil
 import pytest
 from PIL import Image
 
+from common.cli import run
 from data import tuxpaint
 
 
@@ -190,3 +191,30 @@ def test_fetch_stamps_accepts_user_deb(stamps, tmp_path):
     root = tuxpaint.fetch_stamps(cache)
     assert (root / "food/apple.png").is_file()
     assert not (cache / "extracted.tmp").exists()
+
+
+def test_a_folder_the_tool_did_not_write_is_never_emptied(stamps, tmp_path, monkeypatch, capsys):
+    """--out pointing at a user's folder (no index, no build marker) is refused with its images intact; a folder
+    the tool built before is rebuilt; an empty stamps cache and a tiny --max-side are refused."""
+    out = tmp_path / "mine"
+    _stamp(out, "images/holiday")
+    monkeypatch.setattr(tuxpaint, "fetch_stamps", lambda cache: stamps)
+    with pytest.raises(SystemExit) as stop:
+        run(tuxpaint.main, ["--out", str(out)])
+    assert stop.value.code == 2 and "holds files that this tool did not write" in capsys.readouterr().err
+    assert (out / "images" / "holiday.png").exists()
+
+    built = tmp_path / "built"
+    tuxpaint.build_dataset(stamps, built, n_test=1, n_val=0)
+    (built / "dataset_tuxpaint.json").unlink()  # as if a rebuild was killed before its index
+    tuxpaint.build_dataset(stamps, built, n_test=1, n_val=0)
+    assert (built / "dataset_tuxpaint.json").exists()
+
+    monkeypatch.setattr(tuxpaint, "fetch_stamps", lambda cache: tmp_path / "empty")
+    with pytest.raises(SystemExit) as stop:
+        run(tuxpaint.main, ["--out", str(tmp_path / "new")])
+    assert stop.value.code == 2 and "no Tux Paint stamps under" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit) as stop:
+        run(tuxpaint.main, ["--out", str(tmp_path / "new"), "--max-side", "0"])
+    assert stop.value.code == 2 and "--max-side must be at least 16 px, not 0" in capsys.readouterr().err
