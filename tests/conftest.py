@@ -150,3 +150,10 @@ def killed_at(iteration):
             yield
     finally:
         Distillation.step = real_step
+
+
+def without_progress_bars(stderr, keep=3000):
+    """The end of a tool's stderr without its tqdm lines, for an assertion message."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line
+             and "s/it]" not in line and "?it/s" not in line]
+    return "\n".join(lines)[-keep:]

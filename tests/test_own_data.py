@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import ROOT, TUXPAINT
+from conftest import ROOT, TUXPAINT, without_progress_bars
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (230, 210, 20),
            "black": (10, 10, 10)}
@@ -46,7 +46,7 @@ def make_dataset(folder):
 def run(tmp_path, *args):
     done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, without_progress_bars(done.stderr)
     return done.stdout + done.stderr
 
 

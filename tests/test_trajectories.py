@@ -160,14 +160,16 @@ def test_a_buffer_folder_is_read_in_chunks_with_the_in_memory_answer(tmp_path, m
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     empty = _cli(tmp_path)
-    assert empty.returncode != 0
-    assert empty.stderr.strip() == f"error: no expert files (expert_NNN.safetensors) in {tmp_path}"
+    assert empty.returncode == 2
+    assert empty.stderr.strip() == (f"error: no expert files (expert_NNN.safetensors) in {tmp_path} "
+                                    "(--debug shows the traceback)")
     missing = _cli(tmp_path / "nowhere")
-    assert missing.returncode != 0
-    assert missing.stderr.strip() == f"error: buffer folder {tmp_path / 'nowhere'} does not exist"
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (f"error: buffer folder {tmp_path / 'nowhere'} does not exist "
+                                      "(--debug shows the traceback)")
     (tmp_path / "expert_000.safetensors").write_bytes(b"not a safetensors file")
     damaged = _cli(tmp_path)
-    assert damaged.returncode != 0 and "Traceback" not in damaged.stderr
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
     assert damaged.stderr.startswith("error: buffer file") and len(damaged.stderr.strip().splitlines()) == 1
 
 
