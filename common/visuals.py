@@ -138,28 +138,55 @@ def save_curves(path, series, title):
     _save(fig, path)
 
 
+CONTROL_LABEL = "starting point (iteration 0, the better control) → distilled set: the gain"
+OFFSET_STEP = 1.035  # neighbouring lines at one budget sit this factor apart on the log budget axis
+
+
+def _offsets(labels):
+    """{label: factor on the budget}: the lines spread symmetrically around each budget."""
+    centre = (len(labels) - 1) / 2
+    return {label: OFFSET_STEP ** (i - centre) for i, label in enumerate(labels)}
+
+
 def save_budget_plot(path, panels, columns, title):
     """PNG of mean recall against budget (log x, the budgets as ticks), `panels` laid out `columns` to a row, one
-    legend on the right; returns the Figure. A panel is (title, lines, published, full):
+    legend on the right; returns the Figure. A panel is (title, lines, published, full, controls):
     lines: [(label, budgets, means, stds)]: line, markers and error bars; a label keeps its colour in every panel;
+    the lines of a panel sit side by side around each budget (`_offsets`), so that none hides another;
     published: [(label, line label, budgets, means)]: hollow markers in that line's colour;
-    full: [(label, mean, std)]: horizontal line with a ± std band; std None: a dotted line (a published number)."""
+    full: [(label, mean, std)]: horizontal line with a ± std band; std None: a dotted line (a published number);
+    controls: [(line label, budget, mean)]: the line's own starting point at that budget, a hollow square with an
+    arrow up (or down) to the distilled set's mean, its gain written beside it."""
     colours = {}
-    for _, lines, _, _ in panels:
+    for _, lines, *_ in panels:
         for label, *_ in lines:
             colours.setdefault(label, f"C{len(colours) % 10}")
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(5 * columns + 2.5, 5 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     handles = {}  # one legend entry per label, although a line appears in several panels
-    for k, (panel_title, lines, published, full) in enumerate(panels):
+    for k, (panel_title, lines, published, full, controls) in enumerate(panels):
         ax = fig.add_subplot(rows, columns, k + 1)
+        offset = _offsets([label for label, *_ in lines])
+        reached = {}
         for label, budgets, means, stds in lines:
-            handles.setdefault(label, ax.errorbar(budgets, means, yerr=stds, color=colours[label], marker="o",
+            xs = [b * offset[label] for b in budgets]
+            reached.update({(label, b): (x, m) for b, x, m in zip(budgets, xs, means)})
+            handles.setdefault(label, ax.errorbar(xs, means, yerr=stds, color=colours[label], marker="o",
                                                   capsize=3, label=label))
         for label, line, budgets, means in published:
-            handles.setdefault(label, ax.plot(budgets, means, linestyle="none", marker="o", markersize=9,
-                                              markerfacecolor="none", markeredgecolor=colours[line], label=label)[0])
+            handles.setdefault(label, ax.plot([b * offset[line] for b in budgets], means, linestyle="none",
+                                              marker="o", markersize=9, markerfacecolor="none",
+                                              markeredgecolor=colours[line], label=label)[0])
+        for line, budget, start in controls:
+            x, mean = reached[line, budget]
+            marker = ax.plot([x], [start], linestyle="none", marker="s", markersize=6, markerfacecolor="none",
+                             markeredgecolor=colours[line], label=CONTROL_LABEL)[0]
+            handles.setdefault(CONTROL_LABEL, marker)
+            ax.annotate("", xy=(x, mean), xytext=(x, start),
+                        arrowprops={"arrowstyle": "->", "color": colours[line], "linewidth": 1.2})
+            ax.annotate(f"{mean - start:+.1f}", xy=(x, (mean + start) / 2), xytext=(3, 0), textcoords="offset points",
+                        fontsize=7, color=colours[line], va="center")
         styles = cycle(("-", "--", "-."))  # several full-data runs (e.g. full towers, heads only) told apart
         for label, mean, std in full:
             handles.setdefault(label, ax.axhline(mean, color="black", linestyle=":" if std is None else next(styles),

@@ -129,9 +129,22 @@ def _line(entry):
     return name + entry.get("variant", "")
 
 
+def _controls(entries, rows, protocol):
+    """[(line, budget, mean of the better starting point)] of the distilled sets in `rows` that have one."""
+    out = []
+    for e in rows:
+        starts = [c["protocols"][protocol]["mean"][0] for c in entries if c.get("metagrad") == CONTROL
+                  and protocol in c["protocols"] and (c["dataset"], c["method"], c["budget"], c.get("variant", "")) ==
+                  (e["dataset"], e["method"], e["budget"], e.get("variant", ""))]
+        if starts and e.get("metagrad") != CONTROL:
+            out.append((_line(e), e["budget"], max(starts)))
+    return out
+
+
 def plot(entries, protocols, path, reference=Reference()):
-    """Draw the PNG (visuals.save_budget_plot) and return its Figure. Controls stay out: each budget has two per
-    method (lr chosen on val, and the learned lrs), which one line per method cannot show."""
+    """Draw the PNG (visuals.save_budget_plot) and return its Figure. A distillation whose starting point was
+    evaluated too (a control: `metagrad` iteration 0, same method, variant and budget) gets an arrow from it; of
+    several controls (lr chosen on val, the learned lrs) the better one, so the arrow is the smaller gain."""
     sized = sorted((e for e in entries if e["budget"] is not None and e.get("metagrad") != CONTROL),
                    key=_order(reference.order))
     if not sized:
@@ -169,7 +182,7 @@ def plot(entries, protocols, path, reference=Reference()):
             if published_full:
                 lines_full.append((f"full data, published ({reference.protocol[FULL_DATA]})",
                                    parse_published(published_full)["mean"], None))
-            panels.append((f"{dataset}, {protocol}", lines, published, lines_full))
+            panels.append((f"{dataset}, {protocol}", lines, published, lines_full, _controls(entries, rows, protocol)))
     try:
         return save_budget_plot(path, panels, len(protocols),
                                 f"{', '.join(datasets)}: test recall against budget, mean ± std over students")

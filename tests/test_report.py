@@ -6,6 +6,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from common.errors import InputError
+from common.visuals import CONTROL_LABEL, OFFSET_STEP
 from evaluation import report
 from evaluation.report import parse_published, read_results
 from methods import reference
@@ -190,19 +191,30 @@ def test_plot_draws_lines_error_bars_full_data_and_published_markers(tmp_path):
     artists = drawn(ax)
     assert set(artists) == {"random", "herding", "lors · exact", "random, published (last epoch)",
                             "lors, published (test-selected)", "full data (1000 pairs)",
-                            "full data, published (last epoch)"}  # no line for the starting point
+                            "full data, published (last epoch)", CONTROL_LABEL}  # no line for the starting point
+    # the three lines sit side by side around each budget, in table order
+    left, right = 1 / OFFSET_STEP, OFFSET_STEP
     random = artists["random"]
-    assert list(random.lines[0].get_xdata()) == [100, 200]
+    assert list(random.lines[0].get_xdata()) == pytest.approx([100 * left, 200 * left])
     assert list(random.lines[0].get_ydata()) == [13.5, 15.5]  # level + 1 (val-selected) + 2.5
     assert bar_extents(random) == pytest.approx([13.3, 13.7, 15.3, 15.7])  # ± std 0.2
     herding = artists["herding"].lines[0]  # a single budget is still drawn: one point
     assert (list(herding.get_xdata()), list(herding.get_ydata())) == ([200], [23.5])
-    assert list(artists["lors · exact"].lines[0].get_ydata()) == [33.5]
+    lors = artists["lors · exact"].lines[0]
+    assert (list(lors.get_xdata()), list(lors.get_ydata())) == (pytest.approx([100 * right]), [33.5])
+    # its starting point (level 0: 3.5) is a hollow square in its colour, with an arrow up to it and the gain
+    control = artists[CONTROL_LABEL]
+    assert (list(control.get_xdata()), list(control.get_ydata())) == (pytest.approx([100 * right]), [3.5])
+    assert to_rgba(control.get_markeredgecolor()) == to_rgba(lors.get_color()) and control.get_marker() == "s"
+    arrow, gain = ax.texts
+    assert (arrow.xy, arrow.xyann) == ((pytest.approx(100 * right), 33.5), (pytest.approx(100 * right), 3.5))
+    assert gain.get_text() == "+30.0"
     # published: hollow markers in the method's colour, at the budgets measured (lors has 200 too, not drawn)
-    for label, method, xs, ys in (("random, published (last epoch)", "random", [100, 200], [28.8 / 6, 39.1 / 6]),
-                                  ("lors, published (test-selected)", "lors · exact", [100], [164.3 / 6])):
+    for label, method, xs, ys in (("random, published (last epoch)", "random", [100 * left, 200 * left],
+                                   [28.8 / 6, 39.1 / 6]),
+                                  ("lors, published (test-selected)", "lors · exact", [100 * right], [164.3 / 6])):
         marks = artists[label]
-        assert list(marks.get_xdata()) == xs and list(marks.get_ydata()) == pytest.approx(ys)
+        assert list(marks.get_xdata()) == pytest.approx(xs) and list(marks.get_ydata()) == pytest.approx(ys)
         assert marks.get_linestyle() == "None" and marks.get_markerfacecolor() == "none"
         assert to_rgba(marks.get_markeredgecolor()) == to_rgba(artists[method].lines[0].get_color())
     full = artists["full data (1000 pairs)"]
@@ -237,7 +249,8 @@ def test_plot_of_all_protocols_from_the_command_line(tmp_path):
     assert len({c.lines[0].get_color() for c in random}) == 1  # a method keeps its colour in every panel
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["random", "herding", "lors · exact", "random, published (last epoch)",
-                      "lors, published (test-selected)", "full data (1000 pairs)", "full data, published (last epoch)"]
+                      "lors, published (test-selected)", CONTROL_LABEL, "full data (1000 pairs)",
+                      "full data, published (last epoch)"]
 
 
 def test_plot_without_published_numbers_or_full_data(tmp_path):
@@ -274,3 +287,18 @@ def test_variants_of_one_method_are_lines_of_their_own(tmp_path):
     assert set(lines) == {"lors", "lors, kmeans init", "lors → tf_efficientnet_lite1 student"}
     assert {k: list(line.lines[0].get_ydata()) for k, line in lines.items()} == {
         "lors": [32.5], "lors, kmeans init": [22.5], "lors → tf_efficientnet_lite1 student": [12.5]}
+
+
+def test_a_gain_arrow_starts_at_the_better_control_of_its_own_variant(tmp_path):
+    """Two controls at one budget (lr chosen on val, the learned lrs): the arrow starts at the better; a k-means
+    LoRS is measured against its own k-means start, not the random one's."""
+    def distilled(model, level, variant="", metagrad="exact"):
+        return {**entry(model, "lors", 50, level), "metagrad": metagrad, "variant": variant}
+    path = write(tmp_path / "tux.json", "tuxpaint", distilled("lors · exact (49 pairs)", 20),
+                 distilled("lors at iteration 0, lr 0.01 chosen on val", 10, metagrad="iteration 0"),
+                 distilled("lors at iteration 0, learned lrs", 14, metagrad="iteration 0"),
+                 distilled("lors · exact, kmeans init (49 pairs)", 30, ", kmeans init"),
+                 distilled("lors at iteration 0, kmeans init", 29, ", kmeans init", metagrad="iteration 0"))
+    [ax] = plot(read_results([path]), ("last epoch",), tmp_path / "tux.png").axes
+    gains = sorted(t.get_text() for t in ax.texts if t.get_text())
+    assert gains == ["+1.0", "+6.0"]  # 22.5 − 16.5 (the better control, not 12.5), and 32.5 − 31.5
