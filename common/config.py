@@ -22,7 +22,25 @@ from common.schema import REQUIRED, SECTIONS, TOP, one_of
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` (no dot) as a string; learning rates are written that way, so read it as a float."""
+    """YAML 1.1 reads `1e-3` (no dot) as a string; learning rates are written that way, so read it as a float.
+    A key given twice in one mapping is an error (YAML would keep the last silently), and so is an alias (`*name`):
+    a config needs none, and aliases of aliases can grow a small file into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "an alias (*name) in a config: write the value out",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -66,7 +84,7 @@ def load_config(path, overrides=(), schema=None):
     cfg = _read(Path(path).resolve(), seen=())
     for key, value in overrides:
         set_dotted(cfg, key, value, source=str(path), schema=schema)
-    return resolve(cfg, schema, str(path)) if schema else cfg
+    return resolve(cfg, schema, str(path) + (" with its overrides" if overrides else "")) if schema else cfg
 
 
 def _read(path, seen):
@@ -75,12 +93,16 @@ def _read(path, seen):
     if not path.is_file():
         raise ConfigError(f"config file {path} not found" + (f" (the base of {seen[-1]})" if seen else ""))
     try:
-        cfg = _parse(path.read_text())
+        cfg = _parse(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = cfg.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must be the path of another config file, not {base!r}")
     # resolved, so that a cycle through ../sub/ paths is seen too
     return _merge(_read((path.parent / base).resolve(), (*seen, path)), cfg) if base else cfg
 
@@ -121,7 +143,8 @@ def resolve(cfg, schema, source="config"):
         if name not in SECTIONS:
             problems.append(_unknown(name, [*SECTIONS, *TOP], "config section or top-level key") + f" in {source}")
         elif not isinstance(cfg[name], dict):
-            problems.append(f"config section {name} must be a mapping of keys to values, not {cfg[name]!r}")
+            problems.append(f"config section {name} must be a mapping of keys to values, not {cfg[name]!r} "
+                            f"({source})")
     if problems:
         raise ConfigError("; ".join(problems))
     for name, keys in SECTIONS.items():  # a section the config lacks is all defaults, if it can be
@@ -136,7 +159,7 @@ def resolve(cfg, schema, source="config"):
             if key not in keys:
                 owners = schema.owners(key) if section == "distill" else []
                 problems.append(f"distill.{key} is a key of {', '.join(owners)}, not of distill.method "
-                                f"{values.get('method')!r}" if owners else
+                                f"{values.get('method')!r} ({source})" if owners else
                                 _unknown(f"{prefix}{key}", [f"{prefix}{k}" for k in keys], "config key") +
                                 f" in {source}")
         for key, spec in keys.items():
@@ -148,7 +171,7 @@ def resolve(cfg, schema, source="config"):
                 continue
             ok, wanted = spec.check(values[key])
             if not ok:
-                problems.append(f"{prefix}{key} must be {wanted}, not {values[key]!r}")
+                problems.append(f"{prefix}{key} must be {wanted}, not {values[key]!r} ({source})")
     if problems:
         raise ConfigError("; ".join(problems))
     _place_outputs(cfg)

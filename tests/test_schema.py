@@ -16,7 +16,7 @@ SCHEMA = Schema(method_keys())
 
 def write(tmp_path, text):
     path = tmp_path / "run.yaml"
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return path
 
 
@@ -51,11 +51,16 @@ def test_every_shipped_config_is_complete_already(tmp_path):
     ("distill: {method: nope, budget: 5, lr_image: 1, lr_text: 1, out_dir: o}\n",
      "distill.method must be one of mtt-vl, tesla-vl, lors, repblend"),
     ("evaluate: {lr_grid: [0.1, 0]}\n", "evaluate.lr_grid must be a non-empty list of numbers > 0"),
+    ("buffer: {out_dir: b, epochs: 1, epochs: 2}\n", "key 'epochs' is given twice in one mapping"),
+    ("buffer: {out_dir: b}\nbuffer: {out_dir: c}\n", "key 'buffer' is given twice in one mapping"),
+    ("a: &a [1, 1]\nb: &b [*a, *a]\nbuffer: {out_dir: b, epochs: *b}\n", "an alias (*name) in a config"),
+    ("base: [1, 2]\n", "base must be the path of another config file, not [1, 2]"),
+    (b"buffer: {out_dir: \"\xff\"}\n", "is not UTF-8 text (invalid start byte at byte 19)"),
 ])
 def test_a_bad_file_is_refused_naming_the_key_and_the_file(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text), schema=SCHEMA)
-    assert message in str(err.value)
+    assert message in str(err.value) and str(tmp_path / "run.yaml") in str(err.value)
 
 
 def test_an_override_may_set_a_declared_key_the_file_leaves_out(tmp_path):
