@@ -139,7 +139,9 @@ def check_consistent(dset, path, image_size=None, text_dim=None):
     if shapes != _similarity_shapes(sim, n):
         raise inconsistent(f"its {sim.kind} similarity has factors {shapes}, expected {_similarity_shapes(sim, n)}")
     for name, tensor in dset.tensors().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.dtype != torch.float32:  # the students and the loop compute in fp32
+            raise inconsistent(f"{name} is {str(tensor.dtype).removeprefix('torch.')}, not float32")
+        if not torch.isfinite(tensor).all():
             raise DistilledSetError(f"distilled set {path}: {name} holds NaN or Inf values; the distillation "
                                     f"diverged or the file is damaged (re-run the distillation)")
     _check_metadata(dset, n, inconsistent)

@@ -105,6 +105,14 @@ def test_non_finite_tensors_are_refused_by_name(tmp_path, name, value):
     _refused(_saved(tmp_path, dset), rf"set\.safetensors: {name} holds NaN or Inf values")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_set_of_another_float_type_is_refused_by_name(tmp_path, dtype):
+    """Training computes in fp32: a float64 set used to pass the checks and fail inside the students."""
+    dset = _set()
+    dset.images = dset.images.to(dtype)
+    _refused(_saved(tmp_path, dset), rf"images is {str(dtype)[6:]}, not float32; the file is inconsistent")
+
+
 @pytest.mark.parametrize("change, match", [
     ({"lrs": {"image": -0.1, "text": 0.01}}, r"lrs is .*, not null or \{image: η > 0, text: η > 0\}"),
     ({"lrs": {"image": 0.1}}, r"lrs is \{'image': 0\.1\}"),
