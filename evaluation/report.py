@@ -55,6 +55,9 @@ def parse_published(text):
     return row
 
 
+ENTRY_KEYS = ("model", "method", "budget", "students", "protocols")  # what the tables and the plot read
+
+
 def read_results(paths):
     """Every result entry of the files, tagged with its dataset."""
     entries = []
@@ -64,6 +67,11 @@ def read_results(paths):
             results = [{**e, "dataset": content["dataset"]} for e in content["results"] if "protocols" in e]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise InputError(f"{path} is not a result file of evaluate.py (--distilled or --full-data): {err}")
+        for index, e in enumerate(results):
+            missing = [key for key in ENTRY_KEYS if key not in e]
+            if missing:
+                raise InputError(f"{path}: result {index} ({e.get('model', 'unnamed')}) has no {', '.join(missing)}; "
+                                 f"the file was edited or is damaged: rerun evaluate.py")
         entries += results
     if not entries:
         raise InputError("no distilled-set or full-data results in the given files")

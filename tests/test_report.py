@@ -144,6 +144,15 @@ def test_expert_evaluation_file_is_refused(tmp_path):
         main([str(tmp_path / "expert.json")])
 
 
+def test_an_entry_without_its_budget_names_the_file_and_the_entry(tmp_path):
+    edited = entry("random (100 pairs)", "random", 100, 10)
+    del edited["budget"]
+    path = write(tmp_path / "edited.json", "flickr30k", entry("herding (100 pairs)", "herding", 100, 10), edited)
+    with pytest.raises(InputError, match=r"edited.json: result 1 \(random \(100 pairs\)\) has no budget; the file "
+                                         r"was edited or is damaged"):
+        main([path])
+
+
 def test_result_file_without_dataset_names_the_file(tmp_path):
     path = tmp_path / "nodataset.json"
     path.write_text(json.dumps({"split": "test", "results": [entry("random (100 pairs)", "random", 100, 10)]}))
