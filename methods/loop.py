@@ -236,18 +236,24 @@ class Distillation:
                 self.optimizer.state[p]["momentum_buffer"] = extras[f"momentum_{name}"].to(p.device)
         self.method.load_state(extras)
         self.log(f"resuming {path} at iteration {iteration}")
+        if self.rank == 0 and not all(picture.is_file() for picture in self.pictures(dset, iteration)):
+            self.draw(dset, iteration)  # killed after the checkpoint was written, before its pictures were
         return iteration, losses
+
+    def pictures(self, dset, iteration):
+        """The files `draw` writes for a checkpoint: its image grid, and the heat map of a learned similarity."""
+        grid, heatmap = self.out_dir / f"grid_{iteration:05d}.png", self.out_dir / f"similarity_{iteration:05d}.png"
+        return [grid] if dset.similarity.kind == "identity" else [grid, heatmap]
 
     def draw(self, dset, iteration, limit=100):
         """A grid of (up to `limit`) synthetic images with their nearest captions; the similarity heat map."""
         images = to_uint8(dset.images[:limit], dset.meta["mean"], dset.meta["std"])
-        grid = self.out_dir / f"grid_{iteration:05d}.png"
+        grid, *heatmap = self.pictures(dset, iteration)
         save_grid(grid, images, dset.meta["captions"][:limit])
         self.board.picture(iteration, "checkpoint/grid", grid)
-        if dset.similarity.kind != "identity":
-            heatmap = self.out_dir / f"similarity_{iteration:05d}.png"
-            save_heatmap(heatmap, dset.similarity.matrix(), f"learned similarity S, iteration {iteration}")
-            self.board.picture(iteration, "checkpoint/similarity", heatmap)
+        for path in heatmap:
+            save_heatmap(path, dset.similarity.matrix(), f"learned similarity S, iteration {iteration}")
+            self.board.picture(iteration, "checkpoint/similarity", path)
 
     # ---- the run ---------------------------------------------------------------------------------
 

@@ -96,6 +96,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
     assert _temporaries(out_b) == []
     stale = out_b / ".checkpoint.safetensors.abc.tmp"
     stale.write_bytes(b"half-written by a killed process")
+    pictures = {name: (out_b / name).read_bytes() for name in ("grid_00002.png", "similarity_00002.png")}
+    for name in pictures:  # as if killed after the checkpoint was written, before its pictures were
+        (out_b / name).unlink()
 
     steps, logged, real_step = [], [], Distillation.step
 
@@ -107,6 +110,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
     Distillation.from_context(RunContext(cfg, splits=("train",), log=_quiet), cfg, log=logged.append).run()
     assert steps == [2, 3]  # resumed, not redone from the start
     assert any("at iteration 2" in line for line in logged)
+    assert {name: (out_b / name).read_bytes() for name in pictures} == pictures  # redrawn, the same bytes
     _assert_same_final(out_a / "distilled.safetensors", out_b / "distilled.safetensors")
     assert saved.meta["losses"] == load_distilled(out_a / "distilled.safetensors").meta["losses"][:2]
     # the final checkpoints (set, momenta, sampler state) agree as well
@@ -249,6 +253,7 @@ def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_c
     logged = []
     Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
     assert any("at iteration 2" in line for line in logged)
+    assert {name: (out_b / name).read_bytes() for name in pictures} == pictures  # redrawn, the same bytes
     extended = load_distilled(out / "distilled.safetensors")
     assert extended.meta["iteration"] == 3 and len(extended.meta["losses"]) == 3
     assert extended.meta["losses"][:2] == load_distilled(out / "checkpoint.safetensors").meta["losses"][:2]
