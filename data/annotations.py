@@ -7,13 +7,16 @@
 
 The format is recognised from the file's content, so a config only names the file(s). Bad data stops with an
 `AnnotationError` naming the file and entry: a value of the wrong type, an unknown split name, an image path
-that leaves the image root, an image listed in two splits (or twice in a Karpathy file).
+that leaves the image root, an image listed in two splits (or twice in a Karpathy file) under any path that reaches
+the same file (a symlink, a linked folder, a hard link), one BLIP-style list given for all splits without split
+fields.
 """
 import json
 import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import combinations
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,7 +45,8 @@ class _Entry(NamedTuple):
     split: str         # as written in the file ("restval" stays "restval")
     captions: list     # raw captions
     source: Path       # its annotation file
-    location: str = ""  # normalised absolute image path: the image's identity across files
+    location: str = ""  # normalised absolute image path, as written
+    identity: tuple = ()  # the file itself (device and inode), however a path or link reaches it
 
 
 def preprocess_caption(text, max_words=30):
@@ -92,13 +96,14 @@ def read_split(annotations, split, image_root, dataset, max_words=30, allow_outs
         if split not in annotations:
             raise AnnotationError(f"data.annotations has no file for split '{split}'")
         path = Path(annotations[split])
-        entries = split_entries(path, split, root, allow_outside_root)
+        entries = split_entries(path, split, root, allow_outside_root, per_split=True)
         for other, other_file in annotations.items():
             if other != split:
-                _refuse_shared_images(entries, split_entries(Path(other_file), other, root, allow_outside_root))
+                _refuse_shared_images(entries, split_entries(Path(other_file), other, root, allow_outside_root,
+                                                             per_split=True))
     else:
         path = Path(annotations)
-        entries = split_entries(path, split, root, allow_outside_root)
+        entries = split_entries(path, split, root, allow_outside_root, per_split=False)
     if not entries:
         raise AnnotationError(f"{path}: no images in split '{split}'")
     return _build_split(entries, split, Path(image_root), dataset, str(path), max_words)
@@ -113,13 +118,14 @@ def _read_json(path):
         raise AnnotationError(f"{path} is not valid JSON ({err}); re-download or regenerate it") from err
 
 
-def split_entries(path, split, root, allow_outside_root):
-    """The checked entries of `split` in the file at `path`, whichever its format."""
+def split_entries(path, split, root, allow_outside_root, per_split):
+    """The checked entries of `split` in the file at `path`, whichever its format; `per_split`: the file is one of
+    a mapping split -> file (a BLIP-style list then holds that split), not the one file of every split."""
     content = _read_json(path)
     if isinstance(content, dict) and "images" in content:
         entries = _karpathy_entries(content, path)
     elif isinstance(content, list):
-        entries = _blip_entries(content, split, path)
+        entries = _blip_entries(content, split, path, per_split)
     else:
         raise AnnotationError(
             f"{path}: not a known annotation format (expected a Karpathy file with an 'images' list, "
@@ -127,6 +133,12 @@ def split_entries(path, split, root, allow_outside_root):
     entries = [_locate(e, root, allow_outside_root) for e in entries]
     if isinstance(content, dict):  # Karpathy lists each image once, with all its captions
         _refuse_repeated_images(entries)
+    elif not per_split:  # one list with split fields: BLIP repeats an image per caption, but within one split
+        by_split = {}
+        for entry in entries:
+            by_split.setdefault(_train_or_same(entry.split), []).append(entry)
+        for a, b in combinations(by_split, 2):
+            _refuse_shared_images(by_split[a], by_split[b])
     return [e for e in entries if _train_or_same(e.split) == split]
 
 
@@ -156,7 +168,12 @@ def _karpathy_entries(content, path):
     return entries
 
 
-def _blip_entries(content, split, path):
+def _blip_entries(content, split, path, per_split):
+    if not per_split and not all(isinstance(item, dict) and item.get("split") in KARPATHY_SPLITS for item in content):
+        raise AnnotationError(
+            f"{path} is one BLIP-style list given for every split, and not every entry has a 'split' field (one of "
+            f"{', '.join(KARPATHY_SPLITS)}): every image would be in train, val and test; give one file per split "
+            f"(data.annotations: {{train: FILE, val: FILE, test: FILE}}), or a split field in every entry")
     entries = []
     for i, item in enumerate(content):
         _require(item, ("image", "caption"), path, i, "BLIP-style")
@@ -166,7 +183,7 @@ def _blip_entries(content, split, path):
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
             raise AnnotationError(f"{path}: entry {i} ({image}): 'caption' must be a string or a list of strings, "
                                   f"found {_found(item['caption'])}")
-        entries.append(_Entry(i, image, split, captions, path))
+        entries.append(_Entry(i, image, split if per_split else item["split"], captions, path))
     return entries
 
 
@@ -200,13 +217,23 @@ def _locate(entry, root, allow_outside_root):
         raise AnnotationError(
             f"{entry.source}: entry {entry.index} ({entry.image}) points outside the image root {root}; fix the "
             f"path, or set data.allow_outside_root: true if the images really live elsewhere")
-    return entry._replace(location=location)
+    return entry._replace(location=location, identity=_file_identity(location))
+
+
+def _file_identity(location):
+    """What makes two paths one image: the same file (device, inode), whether reached through a symlink, a linked
+    folder or a hard link; the resolved path when the file cannot be asked (a missing file is refused later)."""
+    try:
+        found = os.stat(location)
+        return ("file", found.st_dev, found.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(location))
 
 
 def _refuse_repeated_images(entries):
     first = {}
     for entry in entries:
-        earlier = first.setdefault(entry.location, entry)
+        earlier = first.setdefault(entry.identity, entry)
         if earlier is not entry:
             same_split = _train_or_same(earlier.split) == _train_or_same(entry.split)
             advice = ("list it once, with all its captions under 'sentences'" if same_split
@@ -217,14 +244,15 @@ def _refuse_repeated_images(entries):
 
 
 def _refuse_shared_images(entries, other_entries):
-    other = {e.location: e for e in reversed(other_entries)}  # an image's first entry, to name in the message
+    other = {e.identity: e for e in reversed(other_entries)}  # an image's first entry, to name in the message
     for entry in entries:
-        if entry.location in other:
-            clash = other[entry.location]
+        if entry.identity in other:
+            clash = other[entry.identity]
+            same = "" if clash.location == entry.location else f" (as {clash.image}: the same file)"
             raise AnnotationError(
                 f"image {entry.image} is in both split '{entry.split}' ({entry.source}, entry {entry.index}) and "
-                f"split '{clash.split}' ({clash.source}, entry {clash.index}); an image must belong to one split "
-                f"only: remove it from one of them")
+                f"split '{clash.split}' ({clash.source}, entry {clash.index}){same}; an image must belong to one "
+                f"split only: remove it from one of them")
 
 
 def _build_split(entries, split, image_root, dataset, source, max_words):

@@ -71,8 +71,8 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
         raise InputError(f"image root {root} is not a folder; pass --image-root DIR (or set data.image_root)")
     report = Report(data_cfg["name"])
     files = {split: _split_file(annotations, split) for split in SPLITS}
-    entries = {split: split_entries(path, split, os.path.abspath(root), data_cfg["allow_outside_root"])
-               for split, path in files.items()}
+    entries = {split: split_entries(path, split, os.path.abspath(root), data_cfg["allow_outside_root"],
+                                    per_split=isinstance(annotations, dict)) for split, path in files.items()}
     kinds = " + ".join(sorted({_format(path) for path in files.values()}))
     report.add("annotation format", "Karpathy or BLIP-style",
                kinds + (" (per-split files)" if isinstance(annotations, dict) else " (one file)"), True)

@@ -60,7 +60,7 @@ def test_missing_keys_name_the_entry_and_the_keys(handmade):
         read_split(handmade / "k.json", "train", handmade / "img", "toy")
     (handmade / "b.json").write_text(json.dumps([{"image": "a.png"}]))
     with pytest.raises(AnnotationError, match=r"b\.json: entry 0 lacks key\(s\) caption"):
-        read_split(handmade / "b.json", "train", handmade / "img", "toy")
+        read_split({"train": handmade / "b.json"}, "train", handmade / "img", "toy")
 
 
 def test_image_with_no_captions_is_named(handmade):
@@ -74,7 +74,7 @@ def test_image_with_no_captions_is_named(handmade):
 def test_caption_empty_after_preprocessing_is_named(handmade):
     (handmade / "b.json").write_text(json.dumps([{"image": "a.png", "caption": ["ok", " ... "]}]))
     with pytest.raises(AnnotationError, match=r"caption 1 of image a\.png is empty"):
-        read_split(handmade / "b.json", "test", handmade / "img", "toy")
+        read_split({"test": handmade / "b.json"}, "test", handmade / "img", "toy")
 
 
 def test_missing_image_file_is_named_with_what_to_do(handmade):

@@ -66,6 +66,47 @@ def test_image_in_restval_and_train_is_a_repeat_within_train(handmade):
         read_split(ann, "train", handmade / "img", "toy")
 
 
+@pytest.mark.parametrize("link", ["file", "folder", "hard"])
+def test_an_image_reached_twice_through_links_is_one_image(tmp_path, link):
+    """Splits are disjoint by the file, not by the path string: a train symlink (or hard link) to a test image, or a
+    train folder that links to the test folder, is refused; a link to an image of no other split still reads."""
+    write_images(tmp_path / "img" / "test", ["t.png"])
+    write_images(tmp_path / "img" / "train", ["a.png"])
+    root = tmp_path / "img"
+    if link == "folder":
+        (root / "also").symlink_to(root / "test", target_is_directory=True)
+        twin = "also/t.png"
+    else:
+        twin = "train/t2.png"
+        (root / twin).hardlink_to(root / "test" / "t.png") if link == "hard" else \
+            (root / twin).symlink_to(root / "test" / "t.png")
+    ann = _karpathy(tmp_path, [("train/a.png", "train"), (twin, "train"), ("test/t.png", "test")])
+    with pytest.raises(AnnotationError, match=rf"image test/t\.png is listed in entry 1 \(split 'train'\) and in "
+                                              rf"entry 2 \(split 'test'\); an image must belong to one split only"):
+        read_split(ann, "test", root, "toy")
+    write_images(tmp_path / "elsewhere", ["e.png"])
+    (root / "train" / "e.png").symlink_to(tmp_path / "elsewhere" / "e.png")
+    ok = _karpathy(tmp_path, [("train/a.png", "train"), ("train/e.png", "train"), ("test/t.png", "test")])
+    assert len(read_split(ok, "train", root, "toy").image_paths) == 2
+
+
+def test_one_blip_list_for_every_split_needs_split_fields(handmade):
+    entries = json.loads((handmade / "blip_train.json").read_text())
+    (handmade / "all.json").write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match=r"all\.json is one BLIP-style list given for every split, and not every "
+                                              r"entry has a 'split' field .*every image would be in train, val and "
+                                              r"test; give one file per split"):
+        read_split(handmade / "all.json", "test", handmade / "img", "toy")
+    tagged = [{**e, "split": "train" if e["image"] != "c.png" else "test"} for e in entries]
+    (handmade / "all.json").write_text(json.dumps(tagged))
+    assert [p.rsplit("/", 1)[1] for p in read_split(handmade / "all.json", "test", handmade / "img", "toy")
+            .image_paths] == ["c.png"]
+    both = tagged + [{"image": "c.png", "caption": "again", "split": "train"}]
+    (handmade / "all.json").write_text(json.dumps(both))
+    with pytest.raises(AnnotationError, match=r"image c\.png is in both split"):
+        read_split(handmade / "all.json", "train", handmade / "img", "toy")
+
+
 def test_image_in_two_blip_split_files_is_refused(handmade):
     train = read_split(_blip(handmade), "train", handmade / "img", "toy")  # one entry per caption is normal
     assert len(train.image_paths) == 3 and len(train.captions) == 6
@@ -112,8 +153,9 @@ def test_non_string_names_and_captions_name_the_entry_and_what_was_found(handmad
         content = json.loads((handmade / "blip_train.json").read_text())
         content[1][key] = value
     (handmade / "bad.json").write_text(json.dumps(content))
+    annotations = handmade / "bad.json" if fmt == "karpathy" else {"train": handmade / "bad.json"}
     with pytest.raises(AnnotationError, match=r"bad\.json: " + message):
-        read_split(handmade / "bad.json", "train", handmade / "img", "toy")
+        read_split(annotations, "train", handmade / "img", "toy")
 
 
 def test_karpathy_images_must_be_a_list(handmade):
