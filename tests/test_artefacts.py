@@ -21,7 +21,7 @@ from common.visuals import to_uint8
 from conftest import ROOT
 from training.experts import ExpertPool
 from training.similarity import Similarity
-from training.trajectories import TrajectoryError, expert_path, read_snapshots, save_expert
+from training.trajectories import TrajectoryError, buffer_stats, expert_path, load_expert, read_snapshots, save_expert
 
 SIZE, WIDTH = 8, 6
 
@@ -244,6 +244,15 @@ def test_a_non_finite_expert_file_is_named(tmp_path):
         ExpertPool(tmp_path, {}, {}, last_epoch=3).segment(0, 0, 2, "cpu")
     with pytest.raises(TrajectoryError, match=r"holds epochs 0\.\.3, not epoch 4"):
         read_snapshots(path, [0, 4])
+    # every other reader refuses it too: the whole-file reader (coresets, RepBlend) and the buffer diagnostic
+    with pytest.raises(TrajectoryError, match=diverged):
+        load_expert(path)
+    save_expert(expert_path(tmp_path, 1), {k: [t.nan_to_num() for t in v] for k, v in thetas.items()}, {})
+    with pytest.raises(TrajectoryError, match=diverged):
+        buffer_stats(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "training.trajectories", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "holds non-finite values" in result.stderr and "static" not in result.stdout
 
 
 def test_one_set_saved_in_three_processes_has_one_sha256(tmp_path):

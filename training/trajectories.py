@@ -86,7 +86,7 @@ def load_expert(path, identity=None, layouts=None):
     if identity is not None:
         check_compatible(meta, identity, layouts or {}, path)
     with safe_open(str(path), framework="pt") as f:
-        snapshots = {tower: f.get_tensor(tower).float() for tower in f.keys()}
+        snapshots = {tower: _finite(f.get_tensor(tower).float(), path, tower) for tower in f.keys()}
     return snapshots, meta
 
 
@@ -102,14 +102,20 @@ def read_snapshots(path, epochs):
             for epoch in epochs:
                 if not 0 <= epoch <= last:
                     raise TrajectoryError(f"buffer file {path} holds epochs 0..{last}, not epoch {epoch}")
-                theta = thetas[epoch:epoch + 1].float()
-                if not torch.isfinite(theta).all():
-                    raise TrajectoryError(
-                        f"buffer file {path} holds non-finite values in the {tower} tower at epoch {epoch}; that "
-                        f"expert diverged or the file is damaged: retrain it (delete the file and rerun buffer.py)")
-                rows.append(theta)
+                rows.append(_finite(thetas[epoch:epoch + 1].float(), path, tower, epoch))
             snapshots[tower] = torch.cat(rows)
     return snapshots
+
+
+def _finite(thetas, path, tower, first_epoch=0):
+    """`thetas` (rows = epochs from `first_epoch`), refused when a value is NaN or Inf: every reader of expert files
+    checks, so a diverged expert never becomes a NaN loss, a "static" verdict or a coreset."""
+    bad = (~torch.isfinite(thetas)).flatten(1).any(1).nonzero()
+    if len(bad):
+        raise TrajectoryError(
+            f"buffer file {path} holds non-finite values in the {tower} tower at epoch {first_epoch + bad[0].item()}; "
+            f"that expert diverged or the file is damaged: retrain it (delete the file and rerun buffer.py)")
+    return thetas
 
 
 # --- Is a buffer worth distilling? Drift versus random walk of the expert segments. ---
@@ -145,7 +151,7 @@ def buffer_stats(buffer_dir):
 def _read_columns(path, tower, start, stop):
     # opened per chunk: a file held open keeps every page read so far mapped in memory
     with safe_open(str(path), framework="pt") as f:
-        return f.get_slice(tower)[:, start:stop]
+        return _finite(f.get_slice(tower)[:, start:stop], path, tower)
 
 
 def _buffer_shapes(buffer_dir):
