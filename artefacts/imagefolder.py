@@ -8,6 +8,7 @@ caption (the text features, the similarity's factors `sim_*`, and the set's meta
 config). `datasets.load_dataset("imagefolder", data_dir=OUT)` loads images and captions; `read_imagefolder` (through
 `artefacts.export.read_folder`, so `evaluate.py --distilled OUT`) gives the set back as distilled.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ from data.images import SplitImages
 from training.metrics import KS, format_table
 
 TEXT_KEYS = ("text_encoder", "text_weights")  # what learned text features are only meaningful with
+IMAGE_HASHES = "image_sha256"  # features.safetensors: the sha256 of each pair's PNG, in pair_index order
 RECALL_KEYS = tuple(f"{side}@{k}" for side in ("ir", "tr") for k in KS) + ("mean",)
 # the source data's licence (Hugging Face ids), which a set made from it keeps: Tux Paint's stamps are GPL-2.0;
 # Flickr30K's and COCO's images are under Flickr's terms. Other data: `--license`, else unknown
@@ -42,8 +44,9 @@ def export_imagefolder(dset, folder, overwrite=False, source=None, evaluation=No
                 for i, (name, caption) in enumerate(zip(names, dset.meta["captions"]))]
         atomic_write_text(build / METADATA_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         meta = {k: v for k, v in dset.metadata().items() if k != "captions"}  # the captions are in metadata.jsonl
+        hashes = [_sha256(build / "images" / name) for name in names]  # ties each feature row to its image
         save_tensors(build / FEATURES_FILE, {k: v for k, v in dset.tensors().items() if k != "images"},
-                     {**meta, "format": EXPORT_FORMAT})
+                     {**meta, "format": EXPORT_FORMAT, IMAGE_HASHES: hashes})
         atomic_write_text(build / CARD_FILE, card(dset, source, evaluation, license))
 
 
@@ -179,6 +182,7 @@ def read_imagefolder(folder, text_encoder, transform, meta):
                 f"{path}: its text_features ({None if texts is None else tuple(texts.shape)}) do not match "
                 f"{METADATA_FILE}'s {len(split.image_paths)} rows with one caption each; the export is damaged "
                 f"(export it again)")
+        _check_pairing(split, stored.pop(IMAGE_HASHES, None), folder)
         images = SplitImages(split, transform, per_caption=False)
         similarity, lrs = read_similarity(path, stored.pop("similarity", None), tensors), stored.pop("lrs", None)
         del stored["format"]  # the export's marker, not the set's
@@ -188,6 +192,26 @@ def read_imagefolder(folder, text_encoder, transform, meta):
         check_consistent(dset, path, text_dim=text_encoder.hidden_size)
         return dset
     return encoded_pairs(split, text_encoder, transform, meta, folder, stored.get("method"), reason)
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _check_pairing(split, hashes, folder):
+    """Each row's image must be the one exported with that pair index: an edited metadata.jsonl (two rows on one
+    file, swapped pair_index values) would otherwise pair images with other pairs' text features."""
+    if hashes is None:  # an export from before the hashes were recorded
+        return
+    if len(hashes) != len(split.image_paths):
+        raise DistilledSetError(f"{folder / METADATA_FILE} has {len(split.image_paths)} rows but {FEATURES_FILE} was "
+                                f"written for {len(hashes)} images; export the set again")
+    for index, (image, expected) in enumerate(zip(split.image_paths, hashes)):
+        if _sha256(image) != expected:
+            raise DistilledSetError(
+                f"{folder / METADATA_FILE}: the row with pair_index {index} names {Path(image).relative_to(folder)}, "
+                f"which is not the image exported as pair {index}; the rows were re-paired or an image replaced: "
+                f"undo the edit or export the set again")
 
 
 def _read_rows(folder):

@@ -225,6 +225,22 @@ def test_without_matching_features_the_captions_are_encoded(ctx, tmp_path):
         assert (_pixels(back) - _pixels(other)).abs().max() <= PIXEL_TOLERANCE
 
 
+@pytest.mark.parametrize("edit, index, image", [
+    (lambda rows: (rows[0].update(pair_index=1), rows[1].update(pair_index=0)), 0, "images/0001.png"),
+    (lambda rows: rows[1].update(file_name="images/0000.png"), 1, "images/0000.png"),
+], ids=["swapped-pair-index", "two-rows-one-file"])
+def test_rows_re_paired_with_other_features_are_refused(ctx, tmp_path, edit, index, image):
+    """features.safetensors records each exported image's sha256: an edited metadata.jsonl cannot pair an image
+    with another pair's text features and be evaluated."""
+    _, out = _export(tmp_path, _set_for(ctx))
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    edit(rows)
+    (out / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DistilledSetError, match=rf"metadata\.jsonl: the row with pair_index {index} names "
+                                                rf"{image}, which is not the image exported as pair {index}"):
+        _read(ctx, out)
+
+
 # ---- 4. refusals and re-exports ---------------------------------------------------------------------------------
 
 def _foreign_folder(tmp_path):
