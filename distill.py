@@ -25,7 +25,7 @@ def main(argv=None):
     tensorboard_dir(cfg)  # log.tensorboard without the package: stop before any compute
     check_output(cfg["distill"]["out_dir"], [cfg["buffer"]["out_dir"]], "distill.out_dir")
     splits = ("train", "val") if cfg["distill"]["eval_every"] else ("train",)
-    with processes(cfg["device"]) as (_, world, device):
+    with processes(cfg["device"], cfg) as (_, world, device):
         work_per_rank(cfg["distill"], world)  # before anything is built
         with rank_zero_first():  # rank 0 builds the caches the others read
             ctx = RunContext(cfg, splits=splits, device=device)

@@ -58,7 +58,7 @@ def main(argv=None):
         if not path.exists():
             raise MissingError(f"{path} not found (--{'distilled' if args.distilled else 'expert'})")
     splits = ("test",) if args.expert else ("train", "val", "test") if args.full_data else ("val", "test")
-    with processes(cfg["device"]) as (rank, _, device):
+    with processes(cfg["device"], cfg) as (rank, _, device):
         spread = bool(args.distilled)  # --expert and --full-data train one student each: rank 0's alone
         if not spread and rank > 0:
             return None

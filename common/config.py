@@ -193,6 +193,20 @@ def _place_outputs(cfg):
                 cfg[section]["out_dir"] = str(Path(cfg["out_root"]) / Path(cfg[section]["out_dir"]).name)
 
 
+def differing_keys(a, b, ignore=(), prefix=""):
+    """The dotted keys whose values differ between configs `a` and `b`, leaving out those in `ignore`."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name, x, y = f"{prefix}{key}", a.get(key), b.get(key)
+        if name in ignore:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing_keys(x, y, ignore, f"{name}.")
+        elif x != y:
+            out.append(name)
+    return out
+
+
 def resolved_section(name, values):
     """One section (`data`, `model`, … not `distill`) checked and with its defaults: for a library function given a
     section alone."""

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from common.config import differing_keys
 from common.errors import ConfigError, InputError
 
 BACKENDS = ("nccl", "gloo")
@@ -60,11 +61,14 @@ def leave():
 
 
 @contextmanager
-def processes(device="auto"):
+def processes(device="auto", cfg=None):
     """`join` for the block, then leave the group; a rank whose block raises says so on stderr, prefixed with its
-    rank (torchrun then stops the other ranks and exits with the failure)."""
+    rank (torchrun then stops the other ranks and exits with the failure). With `cfg`, the ranks first check that
+    they were given the same resolved config."""
     rank, world, device = join(device)
     try:
+        if world > 1 and cfg is not None:
+            agree(cfg)
         yield rank, world, device
     except Exception as err:
         if world > 1:
@@ -72,6 +76,16 @@ def processes(device="auto"):
         raise
     finally:
         leave()
+
+
+def agree(cfg):
+    """Stop the job when a rank's resolved config differs from rank 0's (one process given another lr would
+    silently change the result), naming the keys."""
+    configs = gather(cfg)
+    differ = sorted({key for other in configs[1:] for key in differing_keys(configs[0], other)})
+    if differ:
+        raise ConfigError(f"the {len(configs)} processes of this job were given different configs ({', '.join(differ)} "
+                          f"differ from rank 0's): start every process with the same command")
 
 
 def choose_backend(device):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from artefacts.distilled import DistilledSet, load_distilled, save_distilled
 from artefacts.pairs import nearest_captions
-from common.config import Schema, resolve, save_config
+from common.config import Schema, differing_keys, resolve, save_config
 from common.distributed import all_reduce_sum, barrier, rank, world_size
 from common.errors import ConfigError, DivergedError
 from common.io import remove_stale_temporaries, run_lock
@@ -223,7 +223,7 @@ class Distillation:
             return 0, []
         dset, extras = load_distilled(path, self.ctx.identity(), with_extras=True)
         saved = resolve(dset.meta["config"], Schema(method_keys()))  # keys added since: their defaults
-        changed = _differences(saved, self.cfg)
+        changed = differing_keys(saved, self.cfg, RESUMABLE_KEYS)
         if changed:
             raise ConfigError(f"{self.out_dir} holds a run with other settings ({', '.join(changed)} differ); "
                               f"choose another distill.out_dir, or delete that folder to start over")
@@ -308,19 +308,3 @@ class Distillation:
         if self.rank == 0 and (not best.is_file() or recall["mean"][0] > load_distilled(best).meta["val_mean_recall"]):
             save_distilled(best, dset, extra_meta={"iteration": iteration, "chosen_on": "val",
                                                    "val_mean_recall": recall["mean"][0], "config": self.cfg})
-
-
-def _differences(saved, current, prefix=""):
-    """Dotted keys whose values differ, ignoring the keys a resumed run may change."""
-    keys = sorted(set(saved) | set(current))
-    out = []
-    for key in keys:
-        name = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if name in RESUMABLE_KEYS:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{name}.")
-        elif a != b:
-            out.append(name)
-    return out

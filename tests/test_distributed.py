@@ -198,6 +198,25 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path):
     assert "error: the data of rank 1 is missing" in run.stderr
 
 
+def test_ranks_given_different_configs_stop_naming_the_keys(tmp_path):
+    script = tmp_path / "disagree.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from common.cli import run\n"
+        "from common.distributed import processes\n\n"
+        "def main(argv):\n"
+        "    rank = int(os.environ['RANK'])\n"
+        "    cfg = {'device': 'cpu', 'distill': {'lr_image': 100 + rank, 'iterations': 5}}\n"
+        "    with processes('cpu', cfg):\n"
+        "        print('ran with', cfg, flush=True)\n\n"
+        "run(main)\n")
+    run = torchrun(script, env={"MMDD_TIMEOUT": "0.5"}, timeout=120)
+    assert run.returncode != 0 and "ran with" not in run.stdout
+    assert ("error: the 2 processes of this job were given different configs (distill.lr_image differ from rank 0's)"
+            in run.stderr)
+
+
 def test_segments_per_iteration_must_divide_among_the_processes():
     from methods.loop import work_per_rank
     assert work_per_rank({"segments_per_iteration": 1}, 1) == 1 and work_per_rank({"segments_per_iteration": 4}, 2) == 2

@@ -32,7 +32,7 @@ def experts_of_rank(num_experts, rank, world_size):
 def run_buffer(cfg, log=tqdm.write):
     """Train the experts of this process's shard; on rank 0, return {index: metadata} of all finished experts."""
     out_dir = Path(cfg["buffer"]["out_dir"])
-    with processes(cfg["device"]) as (rank, world, device), run_lock(out_dir, log):
+    with processes(cfg["device"], cfg) as (rank, world, device), run_lock(out_dir, log):
         return _train_shard(cfg, out_dir, rank, world, device, log)
 
 

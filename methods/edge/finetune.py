@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common.distributed import barrier, join, leave
+from common.distributed import agree, barrier, join, leave
 from common.errors import BusyError, DivergedError
 from common.io import read_tensor_file, save_tensors
 from data.annotations import load_split
@@ -175,6 +175,8 @@ def finetune(cfg, log=print):
             log(f"{path} is finished ({saved_step} steps); nothing to do")
             return path
     rank, world, device = join(cfg["device"])
+    if world > 1:
+        agree(cfg)
     gen = load_generator(ecfg["generator"]).to(device)
     trainable = make_trainable(gen.unet, ecfg["trainable"], ecfg["lora_rank"])
     clip = FrozenCLIP(ecfg["clip"]).to(device)
