@@ -9,7 +9,8 @@ from functools import partial
 from pathlib import Path
 
 from artefacts.distilled import IDENTITY_KEYS, DistilledSetError, load_distilled
-from artefacts.folder import EXPORT_FILES, EXPORT_FORMAT, METADATA_FILE, check_exportable, export_build, write_pngs
+from artefacts.folder import (EXPORT_FILES, EXPORT_FORMAT, METADATA_FILE, check_exportable, export_build,
+                              remove_stale_builds, write_pngs)
 from artefacts.imagefolder import export_imagefolder, read_evaluation, read_imagefolder
 from artefacts.pairs import encoded_pairs
 from common.cli import run
@@ -83,6 +84,7 @@ def main(argv=None):
     else:
         export = partial(export_distilled, dset, args.out, args.overwrite)
     with folder_lock(args.out):
+        remove_stale_builds(args.out)  # a killed export's half-built folder beside it
         export()
     print(f"{len(dset)} pairs exported to {args.out} ({args.format})")
 

@@ -50,12 +50,24 @@ def export_build(folder, fmt, overwrite):
     folder = Path(folder)
     _check_export_target(folder, fmt, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.export-"))
+    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=_build_prefix(folder)))
     try:
         yield build
         _move_export_in(build, folder, fmt)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def _build_prefix(folder):
+    return f".{folder.name}.export-"
+
+
+def remove_stale_builds(folder):
+    """Delete the build folders of exports to `folder` that were killed (call it holding the folder's lock, so that
+    no export to it is running)."""
+    folder = Path(folder)
+    for stale in folder.parent.glob(_build_prefix(folder) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _previous_export(folder):

@@ -332,3 +332,12 @@ def test_a_damaged_metadata_file_is_refused_by_line(tmp_path, edit, message):
     (out / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DistilledSetError, match=message):
         read_folder(out, None, None, {})
+
+
+def test_a_killed_exports_build_folder_is_removed_by_the_next_export(tmp_path):
+    stale = tmp_path / ".out.export-k1ll3d"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images" / "0000.png").write_bytes(b"half-written")
+    _, out = _export(tmp_path, _set(n=3))
+    assert not stale.exists() and (out / "metadata.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "set.safetensors"]
