@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,15 @@ def test_torchrun_shards_experts_over_processes(tiny_cfg, tmp_path):
     metas = [load_expert(p)[1] for p in expert_files(tiny_cfg["buffer"]["out_dir"])]
     assert [m["expert"] for m in metas] == [0, 1, 2]
     assert len({m["seed"] for m in metas}) == 3
+
+
+def test_the_same_experts_twice_are_the_same_bytes(tiny_cfg):
+    """No timing in an expert file (it is logged instead) and its header sorted: a rerun into the same folder writes
+    files with the same sha256."""
+    tiny_cfg["buffer"].update(num_experts=1, epochs=1, eval_every=0)
+    out = Path(tiny_cfg["buffer"]["out_dir"])
+    run_buffer(tiny_cfg, log=_quiet)
+    first = hashlib.sha256(expert_path(out, 0).read_bytes()).hexdigest()
+    shutil.rmtree(out)
+    run_buffer(tiny_cfg, log=_quiet)
+    assert hashlib.sha256(expert_path(out, 0).read_bytes()).hexdigest() == first

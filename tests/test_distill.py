@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,24 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base_cfg, lors_run, tmp_
     ca, cb = _tensors(out_a / "checkpoint.safetensors"), _tensors(checkpoint)
     assert sorted(ca) == sorted(cb) and all(torch.equal(ca[k], cb[k]) for k in ca)
     assert _temporaries(out_b) == []
+
+
+def test_a_rerun_and_a_resumed_run_write_the_same_bytes(base_cfg, ctx, tmp_path):
+    """Artefacts can be checked by their hash: a run, and the same run into the same folder killed and resumed,
+    give set and checkpoint files with one sha256 each (no timing or per-process order in them)."""
+    cfg = distill_cfg(base_cfg, tmp_path / "run", iterations=2, checkpoint_every=1)
+    files = ("distilled.safetensors", "checkpoint.safetensors")
+
+    def hashes():
+        return [hashlib.sha256((tmp_path / "run" / name).read_bytes()).hexdigest() for name in files]
+
+    Distillation.from_context(ctx, cfg, log=_quiet).run()
+    first = hashes()
+    shutil.rmtree(tmp_path / "run")  # the second run, into the same folder, is killed and resumed on the way
+    with killed_at(1):
+        Distillation.from_context(ctx, cfg, log=_quiet).run()
+    Distillation.from_context(ctx, cfg, log=_quiet).run()
+    assert hashes() == first
 
 
 def test_set_returned_after_resume_describes_the_finished_run(base_cfg, ctx, tmp_path):
