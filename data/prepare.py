@@ -14,6 +14,7 @@ each image with data/images.py `load_image` instead. Ends with one table; exit s
 2 for bad arguments or unreadable annotations (`error: …`).
 """
 import argparse
+import hashlib
 import os
 import re
 import sys
@@ -52,6 +53,7 @@ class Report:
     rows: list = field(default_factory=list)
     missing: list = field(default_factory=list)      # image paths
     unreadable: list = field(default_factory=list)   # (image path, message)
+    copies: list = field(default_factory=list)       # (path, split, same content's path, its split)
     annotation_error: str = ""                       # what loading the splits as a run does refused
     warnings: list = field(default_factory=list)     # lines about usable data worth knowing (a tiny test split)
 
@@ -76,10 +78,10 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
     kinds = " + ".join(sorted({_format(path) for path in files.values()}))
     report.add("annotation format", "Karpathy or BLIP-style",
                kinds + (" (per-split files)" if isinstance(annotations, dict) else " (one file)"), True)
-    images = {}  # image path -> None, in order: the files to check, each once
+    images = {}  # image path -> its split, in order: the files to check, each once
     for split, listed in entries.items():
         paths = dict.fromkeys(os.path.normpath(os.path.join(root, e.image)) for e in listed)
-        images.update(paths)
+        images.update(dict.fromkeys(paths, split))
         restval = sum(e.split == "restval" for e in listed)  # Karpathy files list each image once
         found = (len(paths), sum(len(e.captions) for e in listed))
         wanted = expected[split] if expected else (None, None)
@@ -100,6 +102,10 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
     report.add("image files present", f"{len(images):,}", f"{present:,}", not report.missing)
     report.add("images readable" + (" (full decode)" if full_decode else " (fast check)"), f"{present:,}",
                f"{present - len(report.unreadable):,}", not report.unreadable)
+    usable = [path for path, problem in zip(images, problems) if problem is None]
+    report.copies = _copies_across_splits(usable, images, workers)
+    report.add(f"copies across splits (same size and first {_HEAD // 1024} KiB)", "0", f"{len(report.copies):,}",
+               not report.copies)
 
     if report.missing:  # load_split would only refuse the missing files listed above; its other checks wait
         report.add("annotations load as in a run", "loads", "not tried: files missing")
@@ -132,6 +138,23 @@ def _format(path):
 
 
 _MISSING = object()
+_HEAD = 4096  # bytes of each image compared to find copies: a copy matches, two photos practically never do
+
+
+def _copies_across_splits(paths, split_of, workers):
+    """[(path, its split, the same content's path in another split)]: an image copied from test into train is a
+    leak the readers cannot see (they compare files, not contents)."""
+    def key(path):
+        with open(path, "rb") as f:
+            return os.path.getsize(path), hashlib.sha256(f.read(_HEAD)).hexdigest()
+    with ThreadPoolExecutor(workers) as pool:
+        keys = list(pool.map(key, paths))
+    first, copies = {}, []
+    for path, content in zip(paths, keys):
+        earlier = first.setdefault(content, path)
+        if earlier is not path and split_of[earlier] != split_of[path]:
+            copies.append((path, split_of[path], earlier, split_of[earlier]))
+    return copies
 
 
 def _check_files(paths, full_decode, workers):
@@ -180,6 +203,10 @@ def format_report(report, limit=LISTED):
     if report.unreadable:
         lines.append(f"{len(report.unreadable):,} image file(s) unusable" + _first(report.unreadable, limit) + ":")
         lines += [f"  {message}" for _, message in report.unreadable[:limit]]
+    if report.copies:
+        lines.append(f"{len(report.copies):,} image(s) with the content of an image of another split (a leak: remove "
+                     f"one of each pair)" + _first(report.copies, limit) + ":")
+        lines += [f"  {a} ({sa}) = {b} ({sb})" for a, sa, b, sb in report.copies[:limit]]
     if report.annotation_error:
         lines.append(f"annotations refused: {report.annotation_error}")
     lines += report.warnings

@@ -180,3 +180,17 @@ def test_argument_errors_end_in_one_line_and_status_2(argv, message, tmp_path, m
         run(main, argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_a_test_image_copied_into_train_is_a_leak_it_reports(tree, tmp_path):
+    """The readers compare files (a link is caught there); a byte copy under another name is caught here."""
+    data, expected = tree
+    root = tmp_path / "images"
+    shutil.copy(root / "07.png", root / "copy_of_07.png")  # 07: a test image
+    content = json.loads((tmp_path / "dataset.json").read_text())
+    content["images"].append({"filename": "copy_of_07.png", "split": "train", "sentences": [{"raw": "a copy"}]})
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    report = check_download(data)
+    assert _failed(report) == {"copies across splits (same size and first 4 KiB)"}
+    assert report.copies == [(str(root / "07.png"), "test", str(root / "copy_of_07.png"), "train")]  # train read first
+    assert re.search(r"1 image\(s\) with the content of an image of another split", format_report(report))
