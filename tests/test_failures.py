@@ -1,8 +1,10 @@
 """What happens when things go wrong: one clean line and exit status 2, values checked before any compute, a lock
 per output folder (two real processes), no silent mixing of expert recipes, nothing existing changed."""
 import copy
+import errno
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import common.io
 from common.cli import EXIT_USER_ERROR, run
 from common.config import ConfigError, Schema, load_config, resolve
-from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock
+from common.errors import OutputError
+from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock, save_tensors
 from methods import method_keys
 from methods.loop import Distillation
 from methods.matching import SCRATCH
@@ -250,3 +254,18 @@ def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_bu
     distiller.run()
     assert seen == [[]]  # the stale folder went at start-up; each iteration's own folder is gone when it ends
     assert not (out / ".lock").exists() and (out / "distilled.safetensors").stat().st_mtime >= started
+
+
+def test_a_full_disk_names_the_file_and_the_free_space_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """Every artefact (a distillation's checkpoint and set, an expert) is written through save_tensors."""
+    path = tmp_path / "checkpoint.safetensors"
+    save_tensors(path, {"x": torch.zeros(2)}, {"iteration": 1})
+    before = path.read_bytes()
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(common.io, "save_file", full)
+    with pytest.raises(OutputError, match=rf"cannot write {re.escape(str(path))}: No space left on device, [\d,]+ MiB "
+                                          rf"free on its disk; the file is as it was before"):
+        save_tensors(path, {"x": torch.ones(2)}, {"iteration": 2})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
