@@ -81,8 +81,8 @@ def test_an_image_reached_twice_through_links_is_one_image(tmp_path, link):
         (root / twin).hardlink_to(root / "test" / "t.png") if link == "hard" else \
             (root / twin).symlink_to(root / "test" / "t.png")
     ann = _karpathy(tmp_path, [("train/a.png", "train"), (twin, "train"), ("test/t.png", "test")])
-    with pytest.raises(AnnotationError, match=rf"image test/t\.png is listed in entry 1 \(split 'train'\) and in "
-                                              rf"entry 2 \(split 'test'\); an image must belong to one split only"):
+    with pytest.raises(AnnotationError, match=r"image test/t\.png is listed in entry 1 \(split 'train'\) and in "
+                                              r"entry 2 \(split 'test'\); an image must belong to one split only"):
         read_split(ann, "test", root, "toy")
     write_images(tmp_path / "elsewhere", ["e.png"])
     (root / "train" / "e.png").symlink_to(tmp_path / "elsewhere" / "e.png")

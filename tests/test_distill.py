@@ -272,7 +272,6 @@ def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_c
     logged = []
     Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
     assert any("at iteration 2" in line for line in logged)
-    assert {name: (out_b / name).read_bytes() for name in pictures} == pictures  # redrawn, the same bytes
     extended = load_distilled(out / "distilled.safetensors")
     assert extended.meta["iteration"] == 3 and len(extended.meta["losses"]) == 3
     assert extended.meta["losses"][:2] == load_distilled(out / "checkpoint.safetensors").meta["losses"][:2]
