@@ -127,32 +127,9 @@ def test_checkpointed_activations_give_the_same_meta_gradient(tower):
         assert relative_error(exact[name], g) < 1e-4, name
 
 
-def test_segment_recomputation_keeps_torchs_numbers_with_silu():
-    """A segment recomputes SiLU's tangent its own way (keeping less for the backward): the gradients through it are
-    those of torch's own forward-mode graph, bit for bit, with SiLU in place too (NFNet's)."""
-    torch.manual_seed(0)
-    tower = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(inplace=True), nn.Conv2d(4, 5, 3), nn.SiLU())
-    flat = FlatTower(tower)
-    theta, tangent = flat.flatten().requires_grad_(True), torch.randn(flat.numel)
-    images = torch.randn(2, 3, 8, 8, requires_grad=True)
-    weights = torch.randn(2, 2, 5, 4, 4)
-
-    def gradients(u, u_dot):
-        return torch.autograd.grad((weights[0] * u + weights[1] * u_dot).sum(), [theta, images])
-
-    segmented = gradients(*segmented_jvp([(tower, "")], flat, theta, tangent, images))
-    own = gradients(*torch.func.jvp(flat, (theta, images), (tangent, torch.zeros_like(images))))
-    for mine, torchs in zip(segmented, own):
-        assert torch.equal(mine, torchs)
-
-
-@pytest.mark.parametrize("act", [nn.SiLU, nn.ReLU])
-def test_a_segment_that_works_in_place_leaves_its_input_alone(act):
-    """An activation that is a segment of its own and works in place (NFNet's final_act before timm 1.0.31) would
-    overwrite the input its segment keeps for the backward; segments run it out of place, with torch's gradients."""
-    torch.manual_seed(0)
-    tower = nn.Sequential(nn.Conv2d(3, 4, 3), act(inplace=True), nn.Conv2d(4, 5, 3))
-    chain = [(module, f"{i}.") if i != 1 else (module, "1") for i, module in enumerate(tower)]
+def segmented_and_torchs_gradients(tower, chain):
+    """The gradients (θ, images) of a weighted sum of the tower's output and its directional derivative, through
+    `segmented_jvp` over `chain` and through torch's own forward-mode graph (draws continue the caller's seed)."""
     flat = FlatTower(tower)
     theta, tangent = flat.flatten().requires_grad_(True), torch.randn(flat.numel)
     images = torch.randn(2, 3, 8, 8, requires_grad=True)
@@ -163,7 +140,26 @@ def test_a_segment_that_works_in_place_leaves_its_input_alone(act):
 
     segmented = gradients(*segmented_jvp(chain, flat, theta, tangent, images))
     own = gradients(*torch.func.jvp(flat, (theta, images), (tangent, torch.zeros_like(images))))
-    for mine, torchs in zip(segmented, own):
+    return zip(segmented, own)
+
+
+def test_segment_recomputation_keeps_torchs_numbers_with_silu():
+    """A segment recomputes SiLU's tangent its own way (keeping less for the backward): the gradients through it are
+    those of torch's own forward-mode graph, bit for bit, with SiLU in place too (NFNet's)."""
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(inplace=True), nn.Conv2d(4, 5, 3), nn.SiLU())
+    for mine, torchs in segmented_and_torchs_gradients(tower, [(tower, "")]):
+        assert torch.equal(mine, torchs)
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.ReLU])
+def test_a_segment_that_works_in_place_leaves_its_input_alone(act):
+    """An activation that is a segment of its own and works in place (NFNet's final_act before timm 1.0.31) would
+    overwrite the input its segment keeps for the backward; segments run it out of place, with torch's gradients."""
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv2d(3, 4, 3), act(inplace=True), nn.Conv2d(4, 5, 3))
+    chain = [(module, f"{i}.") for i, module in enumerate(tower)]
+    for mine, torchs in segmented_and_torchs_gradients(tower, chain):
         assert relative_error(mine, torchs) < 1e-6
 
 
