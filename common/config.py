@@ -75,13 +75,15 @@ class Schema:
         return [name for name, keys in self.method_keys.items() if key in keys]
 
 
-def load_config(path, overrides=(), schema=None):
+def load_config(path, overrides=(), schema=None, reads=()):
     """Read a YAML config and apply `dotted.key=value` overrides (pairs of strings); with `schema`, check it and fill in
-    the defaults (`resolve`).
+    the defaults (`resolve`). With `reads` (the sections a tool reads), an override of a section that the tool does
+    not read and the config lacks is left out, with a note (`_for_this_tool`).
 
     A config may start from another one: `base: buffer.yaml` (relative to the file) reads that first and
     lays this file's sections over it, key by key."""
     cfg = _read(Path(path).resolve(), seen=())
+    overrides = _for_this_tool(path, cfg, overrides, reads)
     for key, value in overrides:
         set_dotted(cfg, key, value, source=str(path), schema=schema)
     return resolve(cfg, schema, str(path) + (" with its overrides" if overrides else "")) if schema else cfg
@@ -262,25 +264,20 @@ def parse_args(argv=None, description=None, extra=None, reads=(), method_keys=No
             key, value = token[2:], rest[i + 1]
             i += 2
         overrides.append((key, value))
-    overrides = _for_this_tool(args.config, overrides, reads)
     try:
-        cfg = load_config(args.config, overrides, schema)
+        cfg = load_config(args.config, overrides, schema, reads)
     except ConfigError as err:
         parser.error(str(err))
     return cfg, args
 
 
-def _for_this_tool(path, overrides, reads):
-    """The overrides without those of a section that this tool does not read and its config lacks (one set of
-    overrides, e.g. the README's TINY, can then go to every tool); each one left out is said in a note."""
+def _for_this_tool(path, cfg, overrides, reads):
+    """The overrides without those of a section that this tool does not read and its config `cfg` lacks (one set
+    of overrides, e.g. the README's TINY, can then go to every tool); each one left out is said in a note."""
     if not reads:
         return overrides
-    try:
-        present = set(_read(Path(path).resolve(), seen=()))
-    except ConfigError:
-        return overrides  # load_config reports it
     skipped = [key for key, _ in overrides
-               if "." in key and key.split(".")[0] in SECTIONS and key.split(".")[0] not in {*reads, *present}]
+               if "." in key and key.split(".")[0] in SECTIONS and key.split(".")[0] not in {*reads, *cfg}]
     if skipped:
         print(f"note: {' '.join('--' + k for k in skipped)}: not read by this tool ({path} has no such section), "
               f"left out", file=sys.stderr)
