@@ -233,3 +233,31 @@ def test_32_bit_integers_beyond_16_bits_are_refused(tmp_path):
     with pytest.raises(ImageReadError, match=r"wide\.tif holds 32-bit integer pixels spanning \[0, 100000\], outside "
                                              r"the 16-bit range"):
         load_image(tmp_path / "wide.tif")
+
+
+# ---------------------------------------------------------------- what stays accepted
+
+@pytest.mark.parametrize("mode, colour, rgb", [("CMYK", (0, 255, 255, 0), (255, 0, 0)), ("1", 1, (255, 255, 255)),
+                                               ("LA", (128, 255), (128, 128, 128)), ("RGBA", (0, 0, 255, 255),
+                                                                                       (0, 0, 255))])
+def test_other_colour_modes_load_as_rgb(tmp_path, mode, colour, rgb):
+    path = tmp_path / f"mode.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.new(mode, (3, 2), colour).save(path, **({"quality": 100} if mode == "CMYK" else {}))
+    loaded = load_image(path)
+    assert loaded.mode == "RGB" and loaded.size == (3, 2)
+    assert all(abs(a - b) <= 2 for a, b in zip(loaded.getpixel((1, 1)), rgb))
+
+
+def test_palette_images_load_with_their_colours(tmp_path):
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    image.putdata([0, 1])
+    image.save(tmp_path / "palette.png")
+    loaded = load_image(tmp_path / "palette.png")
+    assert [loaded.getpixel((x, 0)) for x in range(2)] == [(10, 20, 30), (200, 100, 50)]
+
+
+def test_a_36_megapixel_image_is_below_the_limit_and_loads(tmp_path):
+    Image.new("RGB", (6000, 6000), (1, 2, 3)).save(tmp_path / "big.png")
+    loaded = load_image(tmp_path / "big.png")
+    assert loaded.size == (6000, 6000) and loaded.getpixel((5999, 5999)) == (1, 2, 3)
