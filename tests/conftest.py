@@ -1,5 +1,6 @@
 """Shared fixtures: hand-made tiny datasets, and a small slice of the real Tux Paint data with the real
 offline encoders (EfficientNet-Lite0 + MiniLM) at 32 px."""
+import hashlib
 import json
 import os
 import random
@@ -132,6 +133,10 @@ def distill_config(base_cfg, out_dir, **distill):
     cfg["evaluate"].update(students=1, epochs=2)
     return cfg
 
+
+def file_digests(folder):
+    """{name: sha256} of the files directly in `folder`: what a refused or stopped run must leave unchanged."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).iterdir() if p.is_file()}
 
 
 @contextmanager

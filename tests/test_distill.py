@@ -4,7 +4,6 @@ import copy
 import functools
 import hashlib
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from artefacts.export import export_distilled
 from common.config import ConfigError
 from common.visuals import to_uint8
 from conftest import distill_config as distill_cfg
-from conftest import killed_at
+from conftest import file_digests, killed_at
 from data.annotations import load_split, preprocess_caption, read_split
-from methods.loop import Distillation, LearnedLrs
+from methods.loop import Distillation
 from methods.matching import initial_set
 from methods.registry import resolve_method
 from training.context import RunContext
@@ -226,14 +225,10 @@ def test_budget_larger_than_the_training_split_is_refused(base_cfg, ctx, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def _snapshot(folder):
-    return {p.name: _digest(p) for p in Path(folder).iterdir() if p.is_file()}
-
-
 def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path, monkeypatch):
     out = tmp_path / "nan"
     Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
-    before = _snapshot(out)
+    before = file_digests(out)
     assert {"checkpoint.safetensors", "distilled.safetensors", "grid_00002.png"} <= set(before)
 
     real = matching.meta_gradient
@@ -251,7 +246,7 @@ def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path,
                                                  r"written after the last checkpoint"):
         Distillation.from_context(ctx, longer, log=_quiet).run()
     assert len(calls) == 2
-    after = _snapshot(out)
+    after = file_digests(out)
     assert after == before  # checkpoint, config, first run's distilled set and pictures untouched, nothing new
     assert _temporaries(out) == []
 
@@ -264,10 +259,10 @@ def test_nan_stops_the_run_and_writes_nothing(base_cfg, ctx, lors_run, tmp_path,
 def test_resume_with_other_settings_is_refused_but_more_iterations_extend(base_cfg, ctx, tmp_path, key, value):
     out = tmp_path / "run"
     first = Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2), log=_quiet).run()
-    before = _snapshot(out)
+    before = file_digests(out)
     with pytest.raises(ValueError, match=rf"holds a run with other settings \(distill\.{key} differ\)"):
         Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3, **{key: value}), log=_quiet).run()
-    assert _snapshot(out) == before  # config.yaml included
+    assert file_digests(out) == before  # config.yaml included
 
     logged = []
     Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=3), log=logged.append).run()
@@ -361,51 +356,6 @@ def test_student_lrs_start_per_tower_when_lr_teacher_names_them(base_cfg, ctx, t
     assert Distillation.from_context(ctx, cfg, log=_quiet).run().lrs == pytest.approx({"image": 0.01, "text": 0.2})
     with pytest.raises(ConfigError, match=r"distill.lr_teacher must be a number > 0, or \{image: …, text: …\}"):
         Distillation.from_context(ctx, distill_cfg(base_cfg, tmp_path / "bad", lr_teacher={"image": 0.1}), log=_quiet)
-
-
-def _pushing_the_image_lr_down(monkeypatch):
-    """The meta-gradient of the image lr replaced by 1e4: one SGD step of lr_lr 1e-5 moves its parameter by -0.1."""
-    real = matching.meta_gradient
-
-    def pushed(*args, **kwargs):
-        loss, syn_grads, lr_grads = real(*args, **kwargs)
-        return loss, syn_grads, {**lr_grads, "image": torch.tensor(1e4)}
-
-    monkeypatch.setattr(matching, "meta_gradient", pushed)
-
-
-def test_a_raw_learned_lr_below_zero_stops_the_run_and_writes_nothing(base_cfg, ctx, tmp_path, monkeypatch):
-    out = tmp_path / "negative"
-    Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=2, lr_space="raw"), log=_quiet).run()
-    before = _snapshot(out)
-    _pushing_the_image_lr_down(monkeypatch)  # 0.01 - 0.1 < 0
-    with pytest.raises(FloatingPointError, match=r"distillation iteration 2: the learned student lr became "
-                                                 r"\{'image': -0\.0[0-9]+\}; nothing was written"):
-        Distillation.from_context(ctx, distill_cfg(base_cfg, out, iterations=4, lr_space="raw"), log=_quiet).run()
-    assert _snapshot(out) == before
-
-
-def test_a_log_space_learned_lr_stays_positive_under_the_same_push(base_cfg, ctx, tmp_path, monkeypatch):
-    """recipe ours: lr = lr₀·exp(u/lr₀); the step that takes a raw lr to -0.09 takes u to -0.1: lr = 0.01·e^-10."""
-    assert distill_cfg(base_cfg, tmp_path / "x")["distill"]["lr_space"] is None  # the recipe's: ours → log
-    _pushing_the_image_lr_down(monkeypatch)
-    dset = Distillation.from_context(ctx, distill_cfg(base_cfg, tmp_path / "log", iterations=1), log=_quiet).run()
-    assert dset.lrs["image"] == pytest.approx(0.01 * math.exp(-10), rel=1e-4)
-    reference = distill_cfg(base_cfg, tmp_path / "ref")["distill"]
-    assert resolve_method(reference, "full", "reference")["lr_space"] == "raw"  # the public code's, which stops
-
-
-@pytest.mark.parametrize("space", ["log", "raw"])
-def test_learned_lr_gradients_follow_the_chain_rule(space):
-    """LearnedLrs.gradient is autograd's d loss/d u through lr(u), and the parameter of lr₀ is 0 in log space."""
-    lrs = LearnedLrs({"image": 0.05}, space)
-    start = lrs.parameter("image", torch.tensor(0.05))
-    assert start.item() == pytest.approx(0.0 if space == "log" else 0.05)
-    u = torch.tensor(0.03, requires_grad=True)
-    lr = lrs.value("image", u)
-    (lr ** 2).backward()  # d loss / d lr = 2 lr
-    assert lrs.gradient("image", u.detach(), 2 * lr.detach()).item() == pytest.approx(u.grad.item(), rel=1e-6)
-    assert lrs.value("image", lrs.parameter("image", torch.tensor(0.2))).item() == pytest.approx(0.2, rel=1e-6)
 
 
 def test_tensorboard_logs_of_a_distillation_and_its_evaluation(base_cfg, tmp_path):
