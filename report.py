@@ -1,5 +1,6 @@
 """Results tables: gather evaluate.py result files into one table per dataset and budget, with the published
-reference numbers alongside (evaluation/report.py renders them).
+reference numbers alongside, and a table of each distilled set's gain over its own starting point (evaluation/report.py
+renders them).
 
     python report.py runs/tuxpaint/bench/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
         [--plot report.png]
@@ -10,7 +11,7 @@ from pathlib import Path
 from common.cli import run
 from common.errors import InputError
 from common.io import atomic_write_text, check_output
-from evaluation.report import plot, read_results, tables
+from evaluation.report import gains, plot, read_results, tables
 from evaluation.students import PROTOCOLS
 from methods import reference
 
@@ -29,7 +30,7 @@ def main(argv=None):
             check_output(out, args.results, flag)
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     entries = read_results(args.results)
-    text = tables(entries, protocols, reference())
+    text = "\n".join(part for part in (tables(entries, protocols, reference()), gains(entries, protocols)) if part)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)

@@ -137,16 +137,44 @@ def _line(entry):
     return name + entry.get("variant", "")
 
 
+def _better_start(entries, e, protocol):
+    """The better (higher mean) of the starting points (controls) evaluated for the distilled set `e`: same dataset,
+    method, budget and variant; None for a control itself or a set without one."""
+    key = lambda x: (x["dataset"], x["method"], x["budget"], x.get("variant", ""))  # noqa: E731
+    starts = [c for c in entries if c.get("metagrad") == CONTROL and protocol in c["protocols"] and key(c) == key(e)]
+    if not starts or e.get("metagrad") == CONTROL:
+        return None
+    return max(starts, key=lambda c: c["protocols"][protocol]["mean"][0])
+
+
 def _controls(entries, rows, protocol):
     """[(line, budget, mean of the better starting point)] of the distilled sets in `rows` that have one."""
+    starts = [(e, _better_start(entries, e, protocol)) for e in rows]
+    return [(_line(e), e["budget"], c["protocols"][protocol]["mean"][0]) for e, c in starts if c]
+
+
+def gains(entries, protocols):
+    """Markdown: each distilled set's mean recall against the better of its starting points, the gain, whether the
+    spreads are apart (mean − std above the start's mean + std), and its share of the best full-data mean."""
     out = []
-    for e in rows:
-        starts = [c["protocols"][protocol]["mean"][0] for c in entries if c.get("metagrad") == CONTROL
-                  and protocol in c["protocols"] and (c["dataset"], c["method"], c["budget"], c.get("variant", "")) ==
-                  (e["dataset"], e["method"], e["budget"], e.get("variant", ""))]
-        if starts and e.get("metagrad") != CONTROL:
-            out.append((_line(e), e["budget"], max(starts)))
-    return out
+    for protocol in protocols:
+        lines = []
+        for e in sorted(entries, key=lambda x: (x["dataset"], x["budget"] or 0, _line(x))):
+            start = _better_start(entries, e, protocol) if protocol in e["protocols"] else None
+            if start is None:
+                continue
+            (mean, std), (start_mean, start_std) = e["protocols"][protocol]["mean"], start["protocols"][protocol]["mean"]
+            full = [f["protocols"][protocol]["mean"][0] for f in entries
+                    if f["budget"] is None and f["dataset"] == e["dataset"] and protocol in f["protocols"]]
+            share = f"{100 * mean / max(full):.0f}%" if full else "–"
+            apart = "yes" if mean - std > start_mean + start_std else "no"
+            lines.append(f"| {e['dataset']} | {e['budget']} | {_line(e)} | {mean:.1f} ± {std:.1f} | {start_mean:.1f} ± "
+                         f"{start_std:.1f} ({start['model']}) | {mean - start_mean:+.1f} | {apart} | {share} |")
+        if lines:
+            out += [f"## gain over the better starting point: test MEAN recall (%), {protocol}", "",
+                    "| dataset | budget | method | mean | better start | gain | spreads apart | of full data |",
+                    "|---|---:|---|---:|---|---:|---|---:|", *lines, ""]
+    return "\n".join(out)
 
 
 def plot(entries, protocols, path, reference=Reference()):

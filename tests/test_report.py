@@ -311,3 +311,23 @@ def test_a_gain_arrow_starts_at_the_better_control_of_its_own_variant(tmp_path):
     [ax] = plot(read_results([path]), ("last epoch",), tmp_path / "tux.png").axes
     gains = sorted(t.get_text() for t in ax.texts if t.get_text())
     assert gains == ["+1.0", "+6.0"]  # 22.5 − 16.5 (the better control, not 12.5), and 32.5 − 31.5
+
+
+def test_gain_table_measures_each_set_against_its_better_start_and_full_data(tmp_path):
+    """val-selected means (level + 3.5, std 0.2): set 20 → 23.5, starts 14 and 16 → 17.5 and 19.5, full data 46 →
+    49.5; a set whose spread reaches its start's is not 'apart'; a set without a start gets no row."""
+    def distilled(model, level, metagrad="exact", budget=50):
+        return {**entry(model, "lors", budget, level), "metagrad": metagrad}
+    close = distilled("lors · exact (9 pairs)", 16.1, budget=10)
+    close["protocols"]["val-selected"]["mean"] = [20.0, 1.0]  # start 19.5 ± 0.2: 19 < 19.7
+    path = write(tmp_path / "tux.json", "tuxpaint", distilled("lors · exact (49 pairs)", 20),
+                 distilled("lors at iteration 0, lr 0.01 chosen on val", 14, "iteration 0"),
+                 distilled("lors at iteration 0, learned lrs", 16, "iteration 0"), close,
+                 distilled("lors at iteration 0 (9 pairs)", 16, "iteration 0", budget=10),
+                 entry("random (50 pairs)", "random", 50, 30),
+                 entry("full data (689 pairs)", "full data", None, 46, students=1))
+    table = sections(report.gains(read_results([path]), ("val-selected",)))
+    rows = table["gain over the better starting point: test MEAN recall (%), val-selected"][2:]
+    assert rows == [
+        "| tuxpaint | 10 | lors · exact | 20.0 ± 1.0 | 19.5 ± 0.2 (lors at iteration 0 (9 pairs)) | +0.5 | no | 40% |",
+        "| tuxpaint | 50 | lors · exact | 23.5 ± 0.2 | 19.5 ± 0.2 (lors at iteration 0, learned lrs) | +4.0 | yes | 47% |"]
