@@ -166,7 +166,7 @@ def gains(entries, protocols):
             (mean, std), (start_mean, start_std) = e["protocols"][protocol]["mean"], start["protocols"][protocol]["mean"]
             full = [f["protocols"][protocol]["mean"][0] for f in entries
                     if f["budget"] is None and f["dataset"] == e["dataset"] and protocol in f["protocols"]]
-            share = f"{100 * mean / max(full):.0f}%" if full else "–"
+            share = f"{100 * mean / max(full):.1f}%" if full else "–"
             apart = "yes" if mean - std > start_mean + start_std else "no"
             lines.append(f"| {e['dataset']} | {e['budget']} | {_line(e)} | {mean:.1f} ± {std:.1f} | {start_mean:.1f} ± "
                          f"{start_std:.1f} ({start['model']}) | {mean - start_mean:+.1f} | {apart} | {share} |")
