@@ -135,8 +135,9 @@ def distill_config(base_cfg, out_dir, **distill):
 
 
 def file_digests(folder):
-    """{name: sha256} of the files directly in `folder`: what a refused or stopped run must leave unchanged."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).iterdir() if p.is_file()}
+    """{relative path: sha256} of every file under `folder`: what a refused or stopped run must leave unchanged."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 @contextmanager

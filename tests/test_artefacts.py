@@ -18,7 +18,7 @@ from artefacts.export import export_distilled
 from artefacts.folder import EXPORT_FORMAT
 from common.cli import run
 from common.visuals import to_uint8
-from conftest import ROOT
+from conftest import ROOT, file_digests
 from training.experts import ExpertPool
 from training.similarity import Similarity
 from training.trajectories import TrajectoryError, buffer_stats, expert_path, load_expert, read_snapshots, save_expert
@@ -43,16 +43,11 @@ def _saved(tmp_path, dset, name="set.safetensors"):
     return path
 
 
-def _digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _refused(path, match, **kwargs):
-    before = _digests(path.parent)
+    before = file_digests(path.parent)
     with pytest.raises(DistilledSetError, match=match):
         load_distilled(path, **kwargs)
-    assert _digests(path.parent) == before
+    assert file_digests(path.parent) == before
 
 
 # ---- reading a distilled set ------------------------------------------------------------------------------------
@@ -155,13 +150,13 @@ def test_a_good_set_exports_and_re_exports_leave_exactly_the_new_images(tmp_path
 def test_export_refuses_non_finite_pixels_before_writing(tmp_path):
     folder = tmp_path / "export"
     export_distilled(_set(), folder)
-    before = _digests(tmp_path)
+    before = file_digests(tmp_path)
     broken = _set(seed=1)
     broken.images[2, 0, 0, 0] = float("nan")
     for target in (folder, tmp_path / "new"):
         with pytest.raises(DistilledSetError, match=r"cannot export to .*: the set's images hold NaN or Inf"):
             export_distilled(broken, target)
-    assert _digests(tmp_path) == before and not (tmp_path / "new").exists()
+    assert file_digests(tmp_path) == before and not (tmp_path / "new").exists()
 
 
 def _foreign_folder(tmp_path):
@@ -175,11 +170,11 @@ def _foreign_folder(tmp_path):
 
 def test_export_refuses_a_foreign_non_empty_folder_unless_overwrite(tmp_path):
     folder = _foreign_folder(tmp_path)
-    before = _digests(folder)
+    before = file_digests(folder)
     with pytest.raises(DistilledSetError, match=r"export folder .*theirs is not empty \(dataset\.json, images, "
                                                 r"notes\.txt\) and is not a previous export; .*--overwrite"):
         export_distilled(_set(), folder)
-    assert _digests(folder) == before
+    assert file_digests(folder) == before
     export_distilled(_set(), folder, overwrite=True)
     _assert_export_of(_set(), folder)
     assert (folder / "notes.txt").read_text() == "keep me"
@@ -188,7 +183,7 @@ def test_export_refuses_a_foreign_non_empty_folder_unless_overwrite(tmp_path):
 def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     folder = tmp_path / "export"
     export_distilled(_set(), folder)
-    before = _digests(tmp_path)
+    before = file_digests(tmp_path)
     saves, real_save = [], Image.Image.save
 
     def failing_save(image, *args, **kwargs):
@@ -200,19 +195,19 @@ def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         export_distilled(_set(n=5, seed=1), folder)
-    assert _digests(tmp_path) == before
+    assert file_digests(tmp_path) == before
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
 def test_the_export_command_refuses_and_overwrites(tmp_path, capsys):
     path = _saved(tmp_path, _set())
     folder = _foreign_folder(tmp_path)
-    before = _digests(folder)
+    before = file_digests(folder)
     with pytest.raises(SystemExit) as exit_info:
         run(export_cli.main, [str(path), str(folder)])
     assert exit_info.value.code == 2
     assert re.match(r"^error: export folder .*theirs is not empty .*--overwrite", capsys.readouterr().err)
-    assert _digests(folder) == before
+    assert file_digests(folder) == before
     export_cli.main([str(path), str(folder), "--overwrite"])
     assert "4 pairs exported to" in capsys.readouterr().out
     _assert_export_of(_set(), folder)

@@ -2,7 +2,6 @@
 per output folder (two real processes), no silent mixing of expert recipes, nothing existing changed."""
 import copy
 import errno
-import hashlib
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from common.cli import EXIT_USER_ERROR, run
 from common.config import ConfigError, Schema, load_config, resolve
 from common.errors import OutputError
 from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock, save_tensors
+from conftest import file_digests
 from methods import method_keys
 from methods.loop import Distillation
 from methods.matching import SCRATCH
@@ -31,11 +31,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 def _quiet(_msg):
     pass
-
-
-def _hashes(folder):
-    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def _cli(*args, cwd=ROOT):
@@ -94,10 +89,10 @@ def test_no_output_may_be_an_input_or_an_existing_set(tmp_path, command, message
     (tmp_path / "buffer").mkdir()
     for name in ("set.safetensors", "results.json", "buffer/config.yaml"):
         (tmp_path / name).write_text(f"the user's {name}")
-    before = _hashes(tmp_path)
+    before = file_digests(tmp_path)
     result = _cli(*(part.format(tmp=tmp_path) for part in command))
     assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr, result.stderr
-    assert _hashes(tmp_path) == before
+    assert file_digests(tmp_path) == before
 
 
 def test_every_bad_key_is_named_at_once():
@@ -175,11 +170,11 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        before = _hashes(out)
+        before = file_digests(out)
         result = _cli("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(out))
         assert result.returncode == 2
         assert f"in use by process {holder.pid} on " in result.stderr and "Traceback" not in result.stderr
-        assert _hashes(out) == before
+        assert file_digests(out) == before
     finally:
         holder.kill()
         holder.wait()
@@ -209,13 +204,13 @@ def small_buffer(slice_config, tmp_path_factory):
 
 def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothing(small_buffer):
     folder = Path(small_buffer["buffer"]["out_dir"])
-    before = _hashes(folder)
+    before = file_digests(folder)
     other = copy.deepcopy(small_buffer)
     other["buffer"].update(lr_image=0.1, batch_size=16, num_experts=2)
     with pytest.raises(TrajectoryError, match=r"other settings \(buffer\.lr_image 0\.01, this run 0\.1, "
                                               r"buffer\.batch_size 8, this run 16, in expert_000"):
         run_buffer(other, log=_quiet)
-    assert _hashes(folder) == before  # config.yaml included
+    assert file_digests(folder) == before  # config.yaml included
     more = copy.deepcopy(small_buffer)
     more["buffer"].update(num_experts=1, eval_every=1)  # keys that may differ
     assert sorted(run_buffer(more, log=_quiet)) == [0]

@@ -2,7 +2,6 @@
 `datasets` library loads it offline; its card names what the set is and its measured recall; `read_folder` (what
 evaluate.py calls for a folder) gives back the set as distilled, or the encoded captions when it must; the export
 refuses what the Karpathy export refuses."""
-import hashlib
 import json
 import re
 from dataclasses import replace
@@ -21,6 +20,7 @@ from artefacts.imagefolder import card, export_imagefolder
 from common.cli import run
 from common.io import read_tensor_file
 from common.visuals import to_uint8
+from conftest import file_digests
 from data.annotations import preprocess_caption
 from training.context import RunContext
 from training.metrics import format_table
@@ -59,11 +59,6 @@ def _export(tmp_path, dset, *args, name="out"):
     save_distilled(path, dset)
     export_cli.main([str(path), str(tmp_path / name), "--format", "imagefolder", *args])
     return path, tmp_path / name
-
-
-def _digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _front_matter(text):
@@ -256,14 +251,14 @@ def test_a_foreign_folder_is_refused_unless_overwrite(tmp_path, capsys):
     path = tmp_path / "set.safetensors"
     save_distilled(path, _set())
     folder = _foreign_folder(tmp_path)
-    before = _digests(folder)
+    before = file_digests(folder)
     with pytest.raises(SystemExit) as exit_info:
         run(export_cli.main, [str(path), str(folder), "--format", "imagefolder"])
     assert exit_info.value.code == 2
     assert re.match(r"^error: export folder .*theirs is not empty \(README\.md, images, notes\.txt\) and is not a "
                     r"previous export; .*--overwrite .* to replace its images/, metadata\.jsonl, README\.md and "
                     r"features\.safetensors", capsys.readouterr().err)
-    assert _digests(folder) == before
+    assert file_digests(folder) == before
     export_cli.main([str(path), str(folder), "--format", "imagefolder", "--overwrite"])
     assert "4 pairs exported to" in capsys.readouterr().out
     assert sorted(p.name for p in folder.iterdir()) == sorted(WRITES + ["notes.txt"])
@@ -288,7 +283,7 @@ def test_a_bad_format_or_a_card_without_one_is_refused(tmp_path, capsys):
 
 def test_non_finite_pixels_or_a_failed_write_leave_the_previous_export(tmp_path, monkeypatch):
     _, out = _export(tmp_path, _set())
-    before = _digests(tmp_path)
+    before = file_digests(tmp_path)
     broken = _set(seed=1)
     broken.images[1, 2, 3, 4] = float("nan")
     with pytest.raises(DistilledSetError, match=r"cannot export to .*out: the set's images hold NaN or Inf"):
@@ -300,7 +295,7 @@ def test_non_finite_pixels_or_a_failed_write_leave_the_previous_export(tmp_path,
     monkeypatch.setattr("artefacts.imagefolder.save_tensors", full_disk)
     with pytest.raises(OSError, match="disk full"):
         export_imagefolder(_set(n=3, seed=2), out)
-    assert _digests(tmp_path) == before
+    assert file_digests(tmp_path) == before
 
 
 def test_re_exports_replace_the_other_formats_files(tmp_path):
