@@ -139,10 +139,10 @@ def _line(entry):
 
 def _better_start(entries, e, protocol):
     """The better (higher mean) of the starting points (controls) evaluated for the distilled set `e`: same dataset,
-    method, budget and variant; None for a control itself or a set without one."""
+    method, budget and variant; None for a control itself, a set without one or one not scored under `protocol`."""
     key = lambda x: (x["dataset"], x["method"], x["budget"], x.get("variant", ""))  # noqa: E731
     starts = [c for c in entries if c.get("metagrad") == CONTROL and protocol in c["protocols"] and key(c) == key(e)]
-    if not starts or e.get("metagrad") == CONTROL:
+    if not starts or e.get("metagrad") == CONTROL or protocol not in e["protocols"]:
         return None
     return max(starts, key=lambda c: c["protocols"][protocol]["mean"][0])
 
@@ -158,15 +158,17 @@ def gains(entries, protocols):
     spreads are apart (mean − std above the start's mean + std), and its share of the best full-data mean."""
     out = []
     for protocol in protocols:
+        full = {}  # dataset: its best full-data mean
+        for f in entries:
+            if f["budget"] is None and protocol in f["protocols"]:
+                full[f["dataset"]] = max(full.get(f["dataset"], 0.0), f["protocols"][protocol]["mean"][0])
         lines = []
         for e in sorted(entries, key=lambda x: (x["dataset"], x["budget"] or 0, _line(x))):
-            start = _better_start(entries, e, protocol) if protocol in e["protocols"] else None
+            start = _better_start(entries, e, protocol)
             if start is None:
                 continue
             (mean, std), (start_mean, start_std) = e["protocols"][protocol]["mean"], start["protocols"][protocol]["mean"]
-            full = [f["protocols"][protocol]["mean"][0] for f in entries
-                    if f["budget"] is None and f["dataset"] == e["dataset"] and protocol in f["protocols"]]
-            share = f"{100 * mean / max(full):.1f}%" if full else "–"
+            share = f"{100 * mean / full[e['dataset']]:.1f}%" if full.get(e["dataset"]) else "–"
             apart = "yes" if mean - std > start_mean + start_std else "no"
             lines.append(f"| {e['dataset']} | {e['budget']} | {_line(e)} | {mean:.1f} ± {std:.1f} | {start_mean:.1f} ± "
                          f"{start_std:.1f} ({start['model']}) | {mean - start_mean:+.1f} | {apart} | {share} |")
