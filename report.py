@@ -2,7 +2,7 @@
 reference numbers alongside, and a table of each distilled set's gain over its own starting point (evaluation/report.py
 renders them).
 
-    python report.py runs/tuxpaint/bench/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
+    python report.py results/tuxpaint/split0/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
         [--plot report.png]
 """
 import argparse

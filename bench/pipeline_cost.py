@@ -1,7 +1,7 @@
 """The whole-pipeline cost of each distillation method in one benchmark folder (sh/benchmark_tuxpaint.sh), from the
 GNU time files it writes: experts (when the method needs them) + distillation (its initialisation included).
 
-    python bench/pipeline_cost.py runs/tuxpaint/bench_split1 [--split 1]
+    python bench/pipeline_cost.py results/tuxpaint/split1 [--split 1]
 
 Prints a markdown table: wall and CPU seconds summed over the parts, the peak memory of the largest part, and the
 wall and CPU ratio to LoRS's pipeline at the same budget. A part without a time file (experts made before the

@@ -7,13 +7,17 @@
 # students on each image tower of CROSS (default EfficientNet-Lite1: cross-architecture); then one table per budget
 # (OUT/report.md), a plot of recall against budget (OUT/report.png) and each method's whole-pipeline cost
 # (OUT/cost.md).
-# SPLIT (default 0) is the split seed of the data (`python -m data.tuxpaint --seed SPLIT`, built if missing); split 0
-# is datasets/tuxpaint and its experts runs/tuxpaint/buffer, split S datasets/tuxpaint_splitS and OUT/buffer.
+# SPLIT (default 0) is the split seed of the data (`python -m data.tuxpaint --seed SPLIT`, built if missing): split 0
+# is datasets/tuxpaint, split S datasets/tuxpaint_splitS. OUT (default results/tuxpaint/splitSPLIT) holds the split's
+# own experts (OUT/buffer) and every result. The results (JSON, time files, tables) are tracked by git, the sets and
+# experts are not: an interrupted or partial benchmark carries on in a later session or on another clone, and a row
+# whose results are all there is skipped. OUT/experts.sha256 records the experts the results were made with; experts
+# that differ (another machine or thread count) are refused, so that no table mixes two sets of experts.
+# Single-threaded unless OMP_NUM_THREADS says otherwise: bit-for-bit repeatable, and parts can run side by side.
 # Coresets and controls carry no learned lr: theirs is chosen on val from GRID (evaluate.lr_grid); each control of
 # a set with learned lrs is also trained at those lrs.
 # Every experts' run, distillation and coreset is timed (wall, CPU, peak memory: OUT/<name>.time, GNU time).
-# Every result is its own file in OUT and is kept when the script is rerun, so an interrupted run resumes, and
-# parts can run one after another or at once, e.g. `BUDGETS=50 ROWS="covmatch mdm" sh/benchmark_tuxpaint.sh`.
+# Parts can run one after another or at once, e.g. `BUDGETS=50 ROWS="covmatch mdm" sh/benchmark_tuxpaint.sh`.
 # Needs the demo data (`make data`), GNU time (/usr/bin/time) and flock (util-linux); the experts are trained if
 # missing.
 set -euo pipefail
@@ -28,16 +32,14 @@ CROSS=${CROSS-"tf_efficientnet_lite1"}  # timm names of tf_efficientnet_lite{0,1
 CROSS_BUDGETS=${CROSS_BUDGETS-50}
 FULL_EPOCHS=${FULL_EPOCHS:-12}
 export HF_HUB_OFFLINE=1
-if [ "$SPLIT" = 0 ]; then
-  data=datasets/tuxpaint OUT=${OUT:-runs/tuxpaint/bench} experts=runs/tuxpaint
-else
-  data=datasets/tuxpaint_split$SPLIT OUT=${OUT:-runs/tuxpaint/bench_split$SPLIT}
-  experts=$OUT
-fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+data=datasets/tuxpaint
+[ "$SPLIT" = 0 ] || data=datasets/tuxpaint_split$SPLIT
+OUT=${OUT:-results/tuxpaint/split$SPLIT}
 [ -f $data/dataset_tuxpaint.json ] || $PY -m data.tuxpaint --seed "$SPLIT" --out $data
 on_split=(--data.annotations $data/dataset_tuxpaint.json --data.image_root $data/images)
-full=(--config configs/tuxpaint/buffer.yaml "${on_split[@]}" --buffer.out_dir $experts/buffer)
-heads=(--config configs/tuxpaint/buffer_heads.yaml "${on_split[@]}" --buffer.out_dir $experts/buffer_heads)
+full=(--config configs/tuxpaint/buffer.yaml "${on_split[@]}" --buffer.out_dir $OUT/buffer)
+heads=(--config configs/tuxpaint/buffer_heads.yaml "${on_split[@]}" --buffer.out_dir $OUT/buffer_heads)
 mkdir -p "$OUT"
 
 timed() {  # name command…: runs it, its wall, CPU and peak memory into OUT/name.time
@@ -48,7 +50,7 @@ timed() {  # name command…: runs it, its wall, CPU and peak memory into OUT/na
 evaluate() {  # result config set [evaluate.py arguments…]: OUT/result.json, and OUT/result_<tower>.json for each
   local out=$1 config=$2 set_=$3  # tower of CROSS when the set's budget is one of CROSS_BUDGETS; existing ones kept
   shift 3
-  local args=(--config "$config" "${on_split[@]}" --buffer.out_dir $experts/buffer --evaluate.students "$STUDENTS"
+  local args=(--config "$config" "${on_split[@]}" --buffer.out_dir $OUT/buffer --evaluate.students "$STUDENTS"
               --evaluate.lr_grid "$GRID" --distilled "$set_")
   [ -f "$OUT/$out.json" ] || $PY evaluate.py "${args[@]}" --out "$OUT/$out.json" "$@"
   case " $CROSS_BUDGETS " in *" $budget "*) ;; *) return 0 ;; esac
@@ -61,14 +63,32 @@ distill() {  # name config [overrides…]: the set OUT/name_budget/distilled.saf
   local name=$1 config=$2
   shift 2
   [ -f "$OUT/${name}_$budget/distilled.safetensors" ] || timed "${name}_$budget" $PY distill.py \
-    --config "configs/tuxpaint/$config" "${on_split[@]}" --buffer.out_dir $experts/buffer \
+    --config "configs/tuxpaint/$config" "${on_split[@]}" --buffer.out_dir $OUT/buffer \
     --distill.budget "$budget" --distill.out_dir "$OUT/${name}_$budget" "$@"
 }
 
-experts() {  # name arguments…: buffer.py, timed when the folder holds no expert yet (else it resumes or checks)
-  local name=$1
+experts() {  # name arguments…: buffer.py, timed when the folder holds no expert yet (else it resumes or checks),
+  local name=$1   # then its experts checked against (or added to) OUT/experts.sha256
   shift
-  if ls $experts/$name/expert_*.safetensors >/dev/null 2>&1; then $PY buffer.py "$@"; else timed $name $PY buffer.py "$@"; fi
+  if ls $OUT/$name/expert_*.safetensors >/dev/null 2>&1; then $PY buffer.py "$@"; else timed $name $PY buffer.py "$@"; fi
+  local sums=$OUT/experts.sha256 file
+  touch "$sums"
+  for file in $OUT/$name/expert_*.safetensors; do
+    if ! grep -q " $file\$" "$sums"; then sha256sum "$file" >>"$sums"
+    elif ! grep " $file\$" "$sums" | sha256sum --check --status; then
+      echo "error: $file is not the expert the results in $OUT were made with ($sums): another machine or thread" \
+        "count trains other experts. Give this run its own OUT, or move $OUT's results away to start afresh" >&2
+      exit 2
+    fi
+  done
+}
+complete() {  # result…: true when OUT holds every one, and its CROSS towers' at a budget of CROSS_BUDGETS
+  local out tower
+  for out; do
+    [ -f "$OUT/$out.json" ] || return 1
+    case " $CROSS_BUDGETS " in *" $budget "*) ;; *) continue ;; esac
+    for tower in $CROSS; do [ -f "$OUT/${out}_$tower.json" ] || return 1; done
+  done
 }
 wanted() { case " $ROWS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -87,7 +107,7 @@ fi
 flock -u "$shared_lock"
 for budget in $BUDGETS; do
   for method in random herding k-center forgetting; do
-    wanted $method || continue
+    wanted $method && ! complete "${method}_$budget" || continue
     set_=$OUT/${method}_$budget.safetensors
     [ -f "$set_" ] || timed "${method}_$budget" $PY coreset.py "${full[@]}" --method $method --budget "$budget" \
       --out "$set_"
@@ -96,6 +116,8 @@ for budget in $BUDGETS; do
   # each distillation, then its starting point as a control (its pairs, loss and S; lr chosen on val)
   for name in mtt-vl tesla-vl lors repblend lors-kmeans mtt-vl-kmeans; do
     wanted $name || continue
+    if [ $name = tesla-vl ]; then controls=(); else controls=("$name-start_$budget" "$name-start-learned-lr_$budget"); fi
+    complete "${name}_$budget" "${controls[@]}" && continue  # results of an earlier run (its set may be gone)
     method=${name%-kmeans} init=real
     [ $name = $method ] || init=kmeans
     config=configs/tuxpaint/$method.yaml
@@ -117,7 +139,7 @@ print('[{image: %r, text: %r}]' % (lrs['image'], lrs['text']))")
   done
   # statistics matching: no learned lr, so the set and its starting point (distill.init) both get theirs on val
   for method in covmatch mdm; do
-    wanted $method || continue
+    wanted $method && ! complete "${method}_$budget" "${method}-start_$budget" || continue
     distill $method $method.yaml
     evaluate "${method}_$budget" configs/tuxpaint/$method.yaml "$OUT/${method}_$budget/distilled.safetensors"
     distill "$method-start" "$method.yaml" --distill.iterations 0
