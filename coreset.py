@@ -15,6 +15,7 @@ from artefacts.pairs import real_pairs
 from common.cli import run
 from common.config import parse_args
 from common.io import check_output
+from data.annotations import annotation_files
 from methods import method_keys
 from methods.coresets import CORESETS, select
 from training.context import RunContext
@@ -34,7 +35,8 @@ def _flags(parser):
 def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__, extra=_flags, reads=("data", "model", "buffer"),
                            method_keys=method_keys())
-    check_output(args.out, [cfg["buffer"]["out_dir"], *[args.expert] * bool(args.expert)], overwrite=args.overwrite)
+    check_output(args.out, [cfg["buffer"]["out_dir"], *[args.expert] * bool(args.expert), *annotation_files(cfg["data"])],
+                 overwrite=args.overwrite)
     ctx = RunContext(cfg, splits=("train",))
     picks, provenance = select(ctx, args.method, args.budget, args.seed, args.expert, args.expert_epoch)
     meta = {**ctx.artefact_identity(), "method": args.method, "loss": "infonce", "budget": args.budget,

@@ -22,6 +22,7 @@ from common.distributed import processes, rank_zero_first
 from common.errors import MissingError
 from common.io import atomic_write_json, check_output
 from common.tensorboard import log_curves, tensorboard_dir
+from data.annotations import annotation_files
 from data.chance import small_split_warning
 from evaluation.entries import (default_out, evaluate_distilled, evaluate_expert, evaluate_full_data, results_markdown,
                                 writable, write_results)
@@ -67,7 +68,8 @@ def main(argv=None):
             if rank == 0 and (not args.expert or args.out):
                 out = writable(check_output(args.out or default_out(cfg, args.distilled, args.full_data,
                                                                     args.student_image_encoder),
-                                            [*(args.distilled or []), *[args.expert] * bool(args.expert)]))
+                                            [*(args.distilled or []), *[args.expert] * bool(args.expert),
+                                             *annotation_files(cfg["data"])]))
             ctx = RunContext(cfg, splits=splits, device=device)
         return _evaluate(ctx, args, out, rank)
 

@@ -14,7 +14,7 @@ from artefacts.folder import (EXPORT_FILES, EXPORT_FORMAT, METADATA_FILE, check_
 from artefacts.imagefolder import export_imagefolder, read_evaluation, read_imagefolder
 from artefacts.pairs import encoded_pairs
 from common.cli import run
-from common.io import atomic_write_json, folder_lock
+from common.io import atomic_write_json, check_output, folder_lock
 from data.annotations import read_split
 
 
@@ -77,6 +77,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.evaluation or args.license) and args.format != "imagefolder":
         parser.error("--evaluation and --license go into the dataset card, which only --format imagefolder writes")
+    check_output(args.out, [args.file, *[args.evaluation] * bool(args.evaluation)], "OUT")
     dset = load_distilled(args.file)
     if args.format == "imagefolder":  # the evaluation is read before the folder is touched
         evaluation = read_evaluation(args.evaluation, args.file) if args.evaluation else None

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from artefacts.distilled import DistilledSetError
-from common.io import LOCK_FILE, read_tensor_file
+from common.io import LOCK_FILE, atomic_path, read_tensor_file
 
 EXPORT_FORMAT = "mmdd-export-v1"  # in an export's marker file: marks a folder that a re-export may replace
 FEATURES_FILE, METADATA_FILE, CARD_FILE = "features.safetensors", "metadata.jsonl", "README.md"  # imagefolder's
@@ -37,7 +37,8 @@ def write_pngs(dset, folder):
     folder.mkdir()
     names = [f"{i:04d}.png" for i in range(len(dset))]
     for name, pixels in zip(names, to_uint8(dset.images, dset.meta["mean"], dset.meta["std"])):
-        Image.fromarray(pixels).save(folder / name, format="PNG")
+        with atomic_path(folder / name) as tmp:  # a full disk names the file
+            Image.fromarray(pixels).save(tmp, format="PNG")
     return names
 
 

@@ -123,6 +123,9 @@ def set_dotted(cfg, dotted_key, raw_value, source="config", schema=None):
     for i, part in enumerate(parents):
         if not isinstance(node.get(part), dict):
             where = ".".join(parents[: i + 1])
+            if part in node:  # e.g. `--buffer 5` before `--buffer.out_dir …`
+                raise ConfigError(f"config section {where} must be a mapping of keys to values, not "
+                                  f"{node[part]!r}, so override --{dotted_key} has nowhere to go ({source})")
             raise ConfigError(f"unknown config section '{where}' in override --{dotted_key} ({source})")
         node = node[part]
     declared = schema is not None and len(parents) <= 1 and leaf in schema.keys(parents[0] if parents else None, node)

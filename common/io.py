@@ -64,6 +64,8 @@ def folder_lock(folder, log=print):
     """Hold `folder/.lock` (pid and host) while a run writes into `folder`: a second run gets a FolderInUseError
     naming the holder. A lock whose holder has died on this host is taken over, with a note."""
     folder, me = Path(folder), {"pid": os.getpid(), "host": socket.gethostname()}
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder: write elsewhere")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     while True:
@@ -124,9 +126,44 @@ def check_output(out, inputs=(), flag="--out", overwrite=True):
     return out
 
 
+# The files that mark a folder as a tool's output: (pattern, what the folder is, the tool that writes it), the first
+# match naming it (an EDGE set holds prompts.json before its distilled.safetensors).
+TOOL_FOLDERS = (("prompts.json", "an EDGE set of generate.py", "generate.py"),
+                ("config_*.yaml", "an EDGE run of generate.py", "generate.py"),
+                ("expert_*.safetensors", "a buffer of buffer.py", "buffer.py"),
+                ("checkpoint.safetensors", "a distillation of distill.py", "distill.py"),
+                ("distilled.safetensors", "a distillation of distill.py", "distill.py"),
+                ("features.safetensors", "an export of artefacts.export", "artefacts.export"),
+                ("dataset*.json", "a dataset or an export (its dataset*.json)", "data"))
+
+
+def tool_folder(folder):
+    """(what `folder` is, the tool that writes it) by TOOL_FOLDERS, or None for a folder no tool owns."""
+    for pattern, kind, tool in TOOL_FOLDERS:
+        if any(Path(folder).glob(pattern)):
+            return kind, tool
+    return None
+
+
+def check_out_dir(out_dir, tool, flag):
+    """Before anything runs: refuse an output folder of `tool` that is, or holds (two levels down), another tool's
+    folder, so that no run writes into, or mixes its files with, another's results. A folder of `tool` itself is
+    fine: the run resumes or adds to it."""
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{flag} {out_dir} is a file, not a folder: choose a folder")
+    for folder in (root, *root.glob("*/"), *root.glob("*/*/")):
+        found = tool_folder(folder)
+        if found and found[1] != tool:
+            where = "is" if folder == root else f"holds {folder},"
+            raise OutputError(f"{flag} {out_dir} {where} {found[0]}, not a folder for {tool}'s output: choose a "
+                              "new folder")
+    return out_dir
+
+
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path, obj):

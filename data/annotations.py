@@ -238,9 +238,10 @@ def _refuse_repeated_images(entries):
             same_split = _train_or_same(earlier.split) == _train_or_same(entry.split)
             advice = ("list it once, with all its captions under 'sentences'" if same_split
                       else "an image must belong to one split only: remove it from one of them")
+            same = "" if earlier.location == entry.location else f" (as {earlier.image}: the same file)"
             raise AnnotationError(
-                f"{entry.source}: image {entry.image} is listed in entry {earlier.index} (split '{earlier.split}') "
-                f"and in entry {entry.index} (split '{entry.split}'); {advice}")
+                f"{entry.source}: image {entry.image} is listed in entry {earlier.index}{same} (split "
+                f"'{earlier.split}') and in entry {entry.index} (split '{entry.split}'); {advice}")
 
 
 def _refuse_shared_images(entries, other_entries):
@@ -277,6 +278,13 @@ def _build_split(entries, split, image_root, dataset, source, max_words):
             f"{len(missing)} image(s) of split '{split}' listed in {source} are missing under {image_root}, "
             f"e.g. {missing[0]}; check data.image_root or download the images")
     return CaptionSplit(dataset, split, tuple(image_paths), tuple(captions), tuple(caption_image), source)
+
+
+def annotation_files(data_cfg):
+    """The annotation file(s) of a config's `data` section: inputs that no output of a run may replace."""
+    files = data_cfg["annotations"]
+    files = files.values() if isinstance(files, dict) else [files]
+    return [f for f in files if isinstance(f, (str, Path))]
 
 
 def load_split(data_cfg, split):

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import run
-from common.errors import InputError, OutputError
+from common.errors import InputError, MissingError, OutputError
+from common.io import atomic_path, atomic_write_text
 from data.images import composite_on_white
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ VARIANT_PREFIXES = ("en_GB.utf8=", "en_AU.utf8=", "en_GB=", "en_AU=")
 # ---------------------------------------------------------------- download
 
 def _cannot_obtain(reason, cache_dir):
-    return SystemExit(
+    return MissingError(
         f"cannot obtain the Debian package {PACKAGE} ({reason}): on Debian/Ubuntu run "
         f"`apt-get download {PACKAGE}` and put the .deb in {cache_dir}, or install apt")
 
@@ -150,8 +151,8 @@ def downscale(img, max_side):
 
 
 def save_image(img, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    with atomic_path(path) as tmp:  # a full disk names the file
+        img.save(tmp, format="PNG")
 
 
 # ---------------------------------------------------------------- dataset
@@ -170,20 +171,8 @@ def split_samples(samples, seed=0, n_test=100, n_val=100):
     return splits
 
 
-def _write_json_atomic(data, path):
-    tmp = path.with_name(path.name + ".tmp")  # same folder, so os.replace is atomic
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_readme(out_dir, counts, max_side, seed):
-    (out_dir / "README.txt").write_text(
+    atomic_write_text(out_dir / "README.txt",
         "Tux Paint stamps image-caption dataset (project demo data)\n\n"
         f"Source: Debian package {PACKAGE} (Tux Paint stamps, GPL-2).\n"
         "Images: the stamp PNGs, composited onto a white background, converted to RGB and\n"
@@ -192,7 +181,17 @@ def _write_readme(out_dir, counts, max_side, seed):
         "they differ.\n"
         f"Split (seed {seed}): train {counts['train']}, val {counts['val']}, "
         f"test {counts['test']}.\n"
-        f"Index: {JSON_NAME} (Karpathy-style).\n", encoding="utf-8")
+        f"Index: {JSON_NAME} (Karpathy-style).\n")
+
+
+def check_out(out_dir):
+    """Refuse an --out that is a file, or a folder holding files that this tool did not write (it would delete them)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a folder: choose a new or empty folder")
+    if (out_dir.is_dir() and any(out_dir.iterdir())
+            and not ((out_dir / JSON_NAME).exists() or (out_dir / BUILD_MARKER).exists())):
+        raise OutputError(f"--out {out_dir} holds files that this tool did not write: choose a new or empty folder")
 
 
 def build_dataset(stamps_root, out_dir, max_side=256, seed=0, n_test=100, n_val=100):
@@ -203,8 +202,7 @@ def build_dataset(stamps_root, out_dir, max_side=256, seed=0, n_test=100, n_val=
     if not samples:
         raise InputError(f"no Tux Paint stamps under {stamps_root}: the download cache is empty or damaged; delete it "
                          "and rerun to download the package again")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (json_path.exists() or marker.exists()):
-        raise OutputError(f"--out {out_dir} holds files that this tool did not write: choose a new or empty folder")
+    check_out(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.touch()  # this folder is ours from now on: a rerun may replace what is in it
     # A rebuild must not leave an old index pointing at images being rewritten.
@@ -227,7 +225,7 @@ def build_dataset(stamps_root, out_dir, max_side=256, seed=0, n_test=100, n_val=
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     _write_readme(out_dir, counts, max_side, seed)
     dataset = {"dataset": "tuxpaint", "images": entries}
-    _write_json_atomic(dataset, json_path)  # last: its presence means "complete"
+    atomic_write_text(json_path, json.dumps(dataset, ensure_ascii=False, indent=1))  # last: it means "complete"
     return dataset
 
 
@@ -257,6 +255,7 @@ def main(argv=None):
     if json_path.exists() and not args.force:
         print(f"dataset ready: {json_path} (use --force to rebuild)")
         return 0
+    check_out(args.out)  # before the download
     stamps_root = fetch_stamps(args.cache)
     dataset = build_dataset(stamps_root, args.out, args.max_side, args.seed)
     print(summary_line(dataset, json_path))

@@ -81,8 +81,9 @@ def test_an_image_reached_twice_through_links_is_one_image(tmp_path, link):
         (root / twin).hardlink_to(root / "test" / "t.png") if link == "hard" else \
             (root / twin).symlink_to(root / "test" / "t.png")
     ann = _karpathy(tmp_path, [("train/a.png", "train"), (twin, "train"), ("test/t.png", "test")])
-    with pytest.raises(AnnotationError, match=r"image test/t\.png is listed in entry 1 \(split 'train'\) and in "
-                                              r"entry 2 \(split 'test'\); an image must belong to one split only"):
+    with pytest.raises(AnnotationError, match=rf"image test/t\.png is listed in entry 1 \(as {twin}: the same file\) "
+                                              r"\(split 'train'\) and in entry 2 \(split 'test'\); an image must "
+                                              r"belong to one split only"):
         read_split(ann, "test", root, "toy")
     write_images(tmp_path / "elsewhere", ["e.png"])
     (root / "train" / "e.png").symlink_to(tmp_path / "elsewhere" / "e.png")
@@ -177,6 +178,14 @@ def test_plain_dataset_names_load(handmade):
     for name in ("flickr30k", "coco_2014-v1.0"):
         data_cfg = {"name": name, "annotations": str(handmade / "karpathy.json"), "image_root": str(handmade / "img")}
         assert load_split(data_cfg, "val").dataset == name
+
+
+def test_a_long_caption_loads_cut_to_max_words(handmade):
+    long = " ".join(f"word{i}" for i in range(5000))
+    images = [{"filename": "a.png", "split": "train", "sentences": [{"raw": long}]}]
+    (handmade / "long.json").write_text(json.dumps({"images": images}))
+    split = read_split(handmade / "long.json", "train", handmade / "img", "toy", max_words=30)
+    assert list(split.captions) == [" ".join(f"word{i}" for i in range(30))]
 
 
 # ---------------------------------------------------------------- image size

@@ -289,6 +289,7 @@ def test_load_distilled_refuses_other_identity_and_damage(lors_run, ctx, tmp_pat
     _, out, _ = lors_run
     path = out / "distilled.safetensors"
     assert len(load_distilled(path, ctx.identity())) == 5
+    assert len(load_distilled(path, {**ctx.identity(), "dataset": "coco"})) == 5  # a set from another dataset is fine
     with pytest.raises(DistilledSetError, match="was made with image_size = 32, but this run uses 64"):
         load_distilled(path, {**ctx.identity(), "image_size": 64})
     whole = path.read_bytes()

@@ -4,6 +4,7 @@ import copy
 import errno
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,11 +20,12 @@ from common.errors import OutputError
 from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock, save_tensors
 from conftest import file_digests
 from methods import method_keys
+from methods.coresets import select
 from methods.loop import Distillation
 from methods.matching import SCRATCH
 from training.context import RunContext
 from training.experts import run_buffer
-from training.trajectories import TrajectoryError
+from training.trajectories import TrajectoryError, expert_path, load_expert, save_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -47,12 +49,22 @@ def _cli(*args, cwd=ROOT):
     (("--buffer.momentum", "1.5"), "buffer.momentum must be a number ≥ 0 and < 1, not 1.5"),
     (("--buffer.num_experts", "-1"), "buffer.num_experts must be a whole number ≥ 1, not -1"),
     (("--buffer.dtype", "fp16"), "buffer.dtype must be one of fp32, bf16, not 'fp16'"),
+    (("--buffer", "5", "--buffer.epochs", "2"), "config section buffer must be a mapping of keys to values, not 5"),
 ])
 def test_bad_values_are_refused_before_any_compute_with_one_line(tmp_path, override, message):
     result = _cli("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(tmp_path / "d"),
                   *override)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "d").exists()
+
+
+def test_generate_checks_every_edge_key_and_the_image_size_before_any_model_loads(tmp_path):
+    result = _cli("generate.py", "finetune", "--config", "configs/tuxpaint/edge.yaml", "--edge.out_dir",
+                  str(tmp_path / "e"), "--edge.momentum", "5", "--edge.steps", "0", "--data.image_size", "100000")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "e").exists()
+    for message in ("data.image_size must be a whole number ≥ 8 and ≤ 1024, not 100000",
+                    "edge.momentum must be a number ≥ 0 and < 1, not 5", "edge.steps must be a whole number ≥ 1, not 0"):
+        assert message in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
@@ -84,10 +96,29 @@ def test_the_tools_without_a_config_of_their_own_fail_the_same_way(tmp_path, arg
     (("coreset.py", "--config", "configs/tuxpaint/buffer.yaml", "--budget", "5", "--out", "{tmp}/set.safetensors"),
      "--out {tmp}/set.safetensors exists: choose another path, or give --overwrite to replace it"),
     (("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--buffer.out_dir", "{tmp}/buffer", "--distill.out_dir",
-      "{tmp}/buffer"), "distill.out_dir {tmp}/buffer would overwrite {tmp}/buffer, an input of this run")])
+      "{tmp}/buffer"), "distill.out_dir {tmp}/buffer would overwrite {tmp}/buffer, an input of this run"),
+    (("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--data.annotations", "{tmp}/dataset.json",
+      "--distilled", "{tmp}/set.safetensors", "--out", "{tmp}/dataset.json"),
+     "--out {tmp}/dataset.json would overwrite {tmp}/dataset.json, an input of this run"),
+    (("-m", "training.trajectories", "{tmp}/runs/old", "--json", "{tmp}/runs/old/expert_000.safetensors"),
+     "--json {tmp}/runs/old/expert_000.safetensors would overwrite {tmp}/runs/old, an input"),
+    (("-m", "artefacts.export", "{tmp}/set.safetensors", "{tmp}/set.safetensors"),
+     "OUT {tmp}/set.safetensors would overwrite {tmp}/set.safetensors, an input"),
+    # another tool's folder, or one holding it, is no output folder
+    (("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--buffer.out_dir", "{tmp}/buffer", "--distill.out_dir",
+      "{tmp}/runs/old"), "distill.out_dir {tmp}/runs/old is a buffer of buffer.py, not a folder for distill.py's output"),
+    (("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--buffer.out_dir", "{tmp}/buffer", "--distill.out_dir",
+      "{tmp}/runs"), "distill.out_dir {tmp}/runs holds {tmp}/runs/old, a buffer of buffer.py, not a folder for"),
+    (("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", "{tmp}/runs/lors_50"),
+     "buffer.out_dir {tmp}/runs/lors_50 is a distillation of distill.py, not a folder for buffer.py's output"),
+    (("generate.py", "sample", "--config", "configs/tuxpaint/edge.yaml", "--edge.out_dir", "{tmp}/runs/lors_50"),
+     "edge.out_dir {tmp}/runs/lors_50 is a distillation of distill.py, not a folder for generate.py's output"),
+    (("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", "{tmp}/results.json"),
+     "buffer.out_dir {tmp}/results.json is a file, not a folder")])
 def test_no_output_may_be_an_input_or_an_existing_set(tmp_path, command, message):
-    (tmp_path / "buffer").mkdir()
-    for name in ("set.safetensors", "results.json", "buffer/config.yaml"):
+    for name in ("set.safetensors", "results.json", "dataset.json", "buffer/config.yaml",
+                 "runs/old/expert_000.safetensors", "runs/lors_50/checkpoint.safetensors"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"the user's {name}")
     before = file_digests(tmp_path)
     result = _cli(*(part.format(tmp=tmp_path) for part in command))
@@ -202,7 +233,7 @@ def small_buffer(slice_config, tmp_path_factory):
     return cfg
 
 
-def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothing(small_buffer):
+def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothing(small_buffer, tmp_path):
     folder = Path(small_buffer["buffer"]["out_dir"])
     before = file_digests(folder)
     other = copy.deepcopy(small_buffer)
@@ -211,9 +242,30 @@ def test_a_buffer_rerun_with_another_expert_recipe_is_refused_and_changes_nothin
                                               r"buffer\.batch_size 8, this run 16, in expert_000"):
         run_buffer(other, log=_quiet)
     assert file_digests(folder) == before  # config.yaml included
-    more = copy.deepcopy(small_buffer)
-    more["buffer"].update(num_experts=1, eval_every=1)  # keys that may differ
-    assert sorted(run_buffer(more, log=_quiet)) == [0]
+    fewer = copy.deepcopy(small_buffer)
+    fewer["buffer"].update(num_experts=1, eval_every=1)  # keys that may differ
+    assert sorted(run_buffer(fewer, log=_quiet)) == [0]
+    more = copy.deepcopy(small_buffer)  # added experts, in a copy of the buffer (the other tests share it)
+    more["buffer"].update(num_experts=3, out_dir=str(tmp_path / "more"))
+    shutil.copytree(folder, tmp_path / "more")
+    assert sorted(run_buffer(more, log=_quiet)) == [0, 1, 2]
+    after = file_digests(tmp_path / "more")
+    assert set(after) == {"config.yaml", "expert_000.safetensors", "expert_001.safetensors", "expert_002.safetensors"}
+    assert {k: after[k] for k in before if k != "config.yaml"} == {k: v for k, v in before.items() if k != "config.yaml"}
+
+
+def test_a_coreset_from_a_non_finite_expert_is_refused_and_writes_nothing(small_buffer, tmp_path):
+    snapshots, meta = load_expert(expert_path(small_buffer["buffer"]["out_dir"], 0))
+    snapshots["text"][-1, 0] = float("nan")
+    broken = tmp_path / "expert_000.safetensors"
+    save_expert(broken, {tower: list(thetas) for tower, thetas in snapshots.items()},
+                {k: v for k, v in meta.items() if k not in ("format", "dtype")})
+    ctx = RunContext(small_buffer, splits=("train",), log=_quiet)
+    last = len(snapshots["text"]) - 1
+    with pytest.raises(TrajectoryError, match=rf"expert_000\.safetensors holds non-finite values in the text tower at "
+                                              rf"epoch {last}; .*retrain it"):
+        select(ctx, "herding", 3, 0, expert=broken)
+    assert [p.name for p in tmp_path.iterdir()] == [broken.name]
 
 
 def test_a_rank_larger_than_the_set_is_refused_and_a_minibatch_is_capped_at_it(small_buffer, tmp_path):
@@ -248,6 +300,7 @@ def test_the_offload_folder_lives_in_out_dir_and_a_stale_one_is_removed(small_bu
     started = time.time()
     distiller.run()
     assert seen == [[]]  # the stale folder went at start-up; each iteration's own folder is gone when it ends
+    assert not (out / SCRATCH).exists()  # and the scratch folder itself at the end
     assert not (out / ".lock").exists() and (out / "distilled.safetensors").stat().st_mtime >= started
 
 

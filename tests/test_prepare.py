@@ -194,3 +194,22 @@ def test_a_test_image_copied_into_train_is_a_leak_it_reports(tree, tmp_path):
     assert _failed(report) == {"copies across splits (same size and first 4 KiB)"}
     assert report.copies == [(str(root / "07.png"), "test", str(root / "copy_of_07.png"), "train")]  # train read first
     assert re.search(r"1 image\(s\) with the content of an image of another split", format_report(report))
+
+
+@pytest.mark.parametrize("leak", ["a train link to a test image", "one BLIP list for every split"])
+def test_a_leak_a_run_would_refuse_fails_the_check(tree, tmp_path, capsys, leak):
+    data, _ = tree
+    content = json.loads((tmp_path / "dataset.json").read_text())["images"]
+    if leak.startswith("a train link"):
+        test_image = next(e["filename"] for e in content if e["split"] == "test")
+        (tmp_path / "images" / "twin.png").symlink_to(tmp_path / "images" / test_image)
+        content.append({"filename": "twin.png", "split": "train", "sentences": [{"raw": "a twin"}]})
+        (tmp_path / "dataset.json").write_text(json.dumps({"images": content}))
+        message = f"(as {test_image}: the same file)"
+    else:
+        (tmp_path / "dataset.json").write_text(json.dumps(
+            [{"image": e["filename"], "caption": s["raw"]} for e in content for s in e["sentences"]]))
+        message = "is one BLIP-style list given for every split"
+    report = check_download(data)
+    assert "annotations load as in a run" in _failed(report) and message in report.annotation_error
+    assert main(["--config", _config(tmp_path, data)]) == 1 and message in capsys.readouterr().out

@@ -1,12 +1,14 @@
 """Tests for data/tuxpaint.py on a tiny fake stamps tree (no network, no apt)."""
 
 import json
+import os
 import shutil
 
 import pytest
 from PIL import Image
 
 from common.cli import run
+from conftest import file_digests
 from data import tuxpaint
 
 
@@ -136,10 +138,14 @@ def test_no_json_when_image_writing_fails(stamps, tmp_path, monkeypatch):
 def test_no_temp_file_left_when_json_writing_fails(stamps, tmp_path, monkeypatch):
     out = tmp_path / "out"
 
-    def broken_dump(*args, **kwargs):
-        raise RuntimeError("interrupted")
+    real_replace = os.replace
 
-    monkeypatch.setattr(tuxpaint.json, "dump", broken_dump)
+    def interrupted_at_the_index(source, target):
+        if str(target).endswith(".json"):
+            raise RuntimeError("interrupted")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_at_the_index)
     with pytest.raises(RuntimeError):
         tuxpaint.build_dataset(stamps, out)
     assert not (out / "dataset_tuxpaint.json").exists()
@@ -160,12 +166,13 @@ def test_main_skips_when_ready_and_force_rebuilds(stamps, tmp_path, monkeypatch,
     assert len(json.loads((out / "dataset_tuxpaint.json").read_text())["images"]) == 2
 
 
-def test_fetch_stamps_without_apt_names_the_package(tmp_path, monkeypatch):
+def test_fetch_stamps_without_apt_names_the_package(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tuxpaint.shutil, "which", lambda name: None)
-    with pytest.raises(SystemExit) as exc:
-        tuxpaint.fetch_stamps(tmp_path / "cache")
-    msg = str(exc.value)
-    assert "tuxpaint-stamps-default" in msg and "apt-get" in msg
+    with pytest.raises(SystemExit) as stop:
+        run(tuxpaint.main, ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    msg = capsys.readouterr().err
+    assert stop.value.code == 2 and msg.startswith("error: cannot obtain the Debian package tuxpaint-stamps-default "
+                                                   "(apt-get not found)")
 
 
 def test_fetch_stamps_reuses_extracted_tree(tmp_path, monkeypatch):
@@ -198,11 +205,16 @@ def test_a_folder_the_tool_did_not_write_is_never_emptied(stamps, tmp_path, monk
     the tool built before is rebuilt; an empty stamps cache and a tiny --max-side are refused."""
     out = tmp_path / "mine"
     _stamp(out, "images/holiday")
+    (out / "notes.txt").write_text("the user's notes")
+    before = file_digests(out)
+    monkeypatch.setattr(tuxpaint, "fetch_stamps", lambda cache: pytest.fail("checked before the download"))
+    for target, message in ((out, "holds files that this tool did not write"),
+                            (out / "notes.txt", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as stop:
+            run(tuxpaint.main, ["--out", str(target)])
+        assert stop.value.code == 2 and f"error: --out {target} {message}" in capsys.readouterr().err
+        assert file_digests(out) == before
     monkeypatch.setattr(tuxpaint, "fetch_stamps", lambda cache: stamps)
-    with pytest.raises(SystemExit) as stop:
-        run(tuxpaint.main, ["--out", str(out)])
-    assert stop.value.code == 2 and "holds files that this tool did not write" in capsys.readouterr().err
-    assert (out / "images" / "holiday.png").exists()
 
     built = tmp_path / "built"
     tuxpaint.build_dataset(stamps, built, n_test=1, n_val=0)

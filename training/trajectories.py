@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from common.cli import run
 from common.errors import InputError
-from common.io import atomic_write_json, read_tensor_file, save_tensors
+from common.io import atomic_write_json, check_output, read_tensor_file, save_tensors
 
 FORMAT = "mmdd-expert-v1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -318,6 +318,8 @@ def main(argv=None):
     parser.add_argument("buffer_dir", metavar="BUFFER_DIR", help="folder of expert_NNN.safetensors files")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args(argv)
+    if args.json:
+        check_output(args.json, [args.buffer_dir], "--json")
     stats = buffer_stats(args.buffer_dir)  # a TrajectoryError is one line and exit 2 (common.cli.run)
     print(format_stats(stats))
     if args.json:
