@@ -1,12 +1,17 @@
 """Shared fixtures: hand-made tiny datasets, and a small slice of the real Tux Paint data with the real
 offline encoders (EfficientNet-Lite0 + MiniLM) at 32 px."""
+import contextlib
 import hashlib
+import importlib
+import importlib.util
+import io
 import json
 import os
 import random
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -16,6 +21,27 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id must fail at once, not after retries
 
 TUXPAINT = ROOT / "datasets" / "tuxpaint"
+
+
+def run_tool(*args):
+    """`python *args` (a script or `-m module`, from the repository root) in this process: the entry point's `main`
+    through `common.cli.run`; its exit status, stdout and stderr. For refusals and reports, which come before any
+    compute, where a new interpreter per case would only add its start-up."""
+    from common.cli import run
+    if args[0] == "-m":
+        module, argv = importlib.import_module(args[1]), args[2:]
+    else:  # a top-level script, loaded from its file (`evaluate` is also the name of a PyPI package)
+        spec = importlib.util.spec_from_file_location(f"tool_{Path(args[0]).stem}", ROOT / args[0])
+        module, argv = importlib.util.module_from_spec(spec), args[1:]
+        spec.loader.exec_module(module)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            run(module.main, [str(a) for a in argv])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def write_images(folder, names, size=(20, 16)):

@@ -18,7 +18,7 @@ from artefacts.export import export_distilled
 from artefacts.folder import EXPORT_FORMAT
 from common.cli import run
 from common.visuals import to_uint8
-from conftest import ROOT, file_digests
+from conftest import ROOT, file_digests, run_tool
 from training.experts import ExpertPool
 from training.similarity import Similarity
 from training.trajectories import TrajectoryError, buffer_stats, expert_path, load_expert, read_snapshots, save_expert
@@ -245,8 +245,7 @@ def test_a_non_finite_expert_file_is_named(tmp_path):
     save_expert(expert_path(tmp_path, 1), {k: [t.nan_to_num() for t in v] for k, v in thetas.items()}, {})
     with pytest.raises(TrajectoryError, match=diverged):
         buffer_stats(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "training.trajectories", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = run_tool("-m", "training.trajectories", tmp_path)
     assert result.returncode == 2 and "holds non-finite values" in result.stderr and "static" not in result.stdout
 
 

@@ -18,7 +18,7 @@ from common.cli import EXIT_USER_ERROR, run
 from common.config import ConfigError, Schema, load_config, resolve
 from common.errors import OutputError
 from common.io import FILE_MODE, FolderInUseError, atomic_write_text, folder_lock, save_tensors
-from conftest import file_digests
+from conftest import file_digests, run_tool
 from methods import method_keys
 from methods.coresets import select
 from methods.loop import Distillation
@@ -35,10 +35,6 @@ def _quiet(_msg):
     pass
 
 
-def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-
-
 # ---- one way to fail -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
@@ -52,14 +48,14 @@ def _cli(*args, cwd=ROOT):
     (("--buffer", "5", "--buffer.epochs", "2"), "config section buffer must be a mapping of keys to values, not 5"),
 ])
 def test_bad_values_are_refused_before_any_compute_with_one_line(tmp_path, override, message):
-    result = _cli("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(tmp_path / "d"),
+    result = run_tool("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.out_dir", str(tmp_path / "d"),
                   *override)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "d").exists()
 
 
 def test_generate_checks_every_edge_key_and_the_image_size_before_any_model_loads(tmp_path):
-    result = _cli("generate.py", "finetune", "--config", "configs/tuxpaint/edge.yaml", "--edge.out_dir",
+    result = run_tool("generate.py", "finetune", "--config", "configs/tuxpaint/edge.yaml", "--edge.out_dir",
                   str(tmp_path / "e"), "--edge.momentum", "5", "--edge.steps", "0", "--data.image_size", "100000")
     assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "e").exists()
     for message in ("data.image_size must be a whole number ≥ 8 and ≤ 1024, not 100000",
@@ -72,7 +68,7 @@ def test_generate_checks_every_edge_key_and_the_image_size_before_any_model_load
     ("cuda", "device cuda was asked for, but this machine has no GPU that torch can use: use --device cpu"),
     ("gpu", "device 'gpu' is not a device: use auto, cpu, cuda or cuda:N")])
 def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(tmp_path, device, message):
-    result = _cli("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(tmp_path / "b"),
+    result = run_tool("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(tmp_path / "b"),
                   "--device", device)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
@@ -84,7 +80,7 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(tmp_
       "{tmp}/c.safetensors", "--buffer.out_dir", "{tmp}/none"),
      "error: no expert file {tmp}/none/expert_000.safetensors: run buffer.py with this config first")])
 def test_the_tools_without_a_config_of_their_own_fail_the_same_way(tmp_path, args, message):
-    result = _cli(*(a.format(tmp=tmp_path) for a in args))
+    result = run_tool(*(a.format(tmp=tmp_path) for a in args))
     assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
@@ -121,7 +117,7 @@ def test_no_output_may_be_an_input_or_an_existing_set(tmp_path, command, message
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"the user's {name}")
     before = file_digests(tmp_path)
-    result = _cli(*(part.format(tmp=tmp_path) for part in command))
+    result = run_tool(*(part.format(tmp=tmp_path) for part in command))
     assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr, result.stderr
     assert file_digests(tmp_path) == before
 
@@ -158,12 +154,12 @@ def test_run_prints_one_line_or_the_traceback_with_debug(capsys, monkeypatch):
 def test_evaluate_checks_every_set_and_the_output_before_training(tmp_path):
     good = tmp_path / "good.safetensors"
     good.write_bytes(b"")  # exists; never read, since the typo is found first
-    result = _cli("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--distilled", str(good),
+    result = run_tool("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--distilled", str(good),
                   str(tmp_path / "typo.safetensors"))
     assert result.returncode == 2 and "typo.safetensors not found (--distilled)" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = _cli("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--full-data",
+    result = run_tool("evaluate.py", "--config", "configs/tuxpaint/buffer.yaml", "--full-data",
                   "--out", str(blocker / "out.json"))
     assert result.returncode == 2 and str(blocker) in result.stderr and "Traceback" not in result.stderr
     assert blocker.read_text() == "x"
@@ -202,7 +198,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         before = file_digests(out)
-        result = _cli("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(out))
+        result = run_tool("buffer.py", "--config", "configs/tuxpaint/buffer.yaml", "--buffer.out_dir", str(out))
         assert result.returncode == 2
         assert f"in use by process {holder.pid} on " in result.stderr and "Traceback" not in result.stderr
         assert file_digests(out) == before

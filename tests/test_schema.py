@@ -1,13 +1,12 @@
 """The one config schema (common/schema.py, common/config.py): what a file may hold, the defaults code reads,
 the method's own keys from the registry, and --help."""
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from common.config import ConfigError, Schema, load_config
 from common.schema import SECTIONS
+from conftest import run_tool
 from methods import method_keys
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -71,8 +70,7 @@ def test_an_override_may_set_a_declared_key_the_file_leaves_out(tmp_path):
 
 
 def test_help_lists_the_keys_an_entry_point_reads_with_their_defaults():
-    out = subprocess.run([sys.executable, "distill.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120).stdout
+    out = run_tool("distill.py", "--help").stdout
     assert "--distill.iterations" in out and "default 3000" in out
     assert "distill.method lors also reads:" in out and "--distill.sim_rank" in out
     assert "--data.image_size" in out and "--train.epochs" not in out
@@ -81,9 +79,8 @@ def test_help_lists_the_keys_an_entry_point_reads_with_their_defaults():
 
 def test_a_recipe_value_is_refused_before_any_model_loads(tmp_path):
     """--distill.wbce_eps 0.7 used to fail only after both encoders had loaded and every caption was encoded."""
-    run = subprocess.run([sys.executable, "distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.wbce_eps",
-                          "0.7", "--distill.out_dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    run = run_tool("distill.py", "--config", "configs/tuxpaint/lors.yaml", "--distill.wbce_eps", "0.7",
+                   "--distill.out_dir", tmp_path / "d")
     assert run.returncode == 2 and "distill.wbce_eps must be a number ≥ 0 and < 0.5" in run.stderr
     assert not (tmp_path / "d").exists()
 

@@ -1,7 +1,5 @@
 """The buffer diagnostic (drift versus random walk) on synthetic trajectories of known answer."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import torch
 
 import buffer
 import training.trajectories as trajectories
+from conftest import run_tool
 from training.trajectories import (buffer_stats, expert_path, format_stats, load_expert, save_expert, tower_verdict,
                                    trajectory_stats)
 
@@ -130,8 +129,7 @@ def _write_buffer(folder, experts=3, epochs=4, dtype="fp32"):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "training.trajectories", *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_tool("-m", "training.trajectories", *args)
 
 
 def test_cli_on_a_buffer_folder_prints_the_verdicts_and_writes_the_json(tmp_path):
