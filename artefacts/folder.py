@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from artefacts.distilled import DistilledSetError
-from common.io import LOCK_FILE, atomic_path, read_tensor_file
+from common.io import LOCK_FILE, atomic_path, read_tensor_file, require_folder
 
 EXPORT_FORMAT = "mmdd-export-v1"  # in an export's marker file: marks a folder that a re-export may replace
 FEATURES_FILE, METADATA_FILE, CARD_FILE = "features.safetensors", "metadata.jsonl", "README.md"  # imagefolder's
@@ -90,8 +90,7 @@ def _listed(names):
 
 
 def _check_export_target(folder, fmt, overwrite):
-    if folder.exists() and not folder.is_dir():
-        raise DistilledSetError(f"cannot export to {folder}: it is a file, not a folder")
+    require_folder(folder, f"export folder {folder}")
     if overwrite or not folder.is_dir() or _previous_export(folder):
         return
     entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)

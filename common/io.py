@@ -64,8 +64,7 @@ def folder_lock(folder, log=print):
     """Hold `folder/.lock` (pid and host) while a run writes into `folder`: a second run gets a FolderInUseError
     naming the holder. A lock whose holder has died on this host is taken over, with a note."""
     folder, me = Path(folder), {"pid": os.getpid(), "host": socket.gethostname()}
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a folder: write elsewhere")
+    require_folder(folder, str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     while True:
@@ -145,13 +144,18 @@ def tool_folder(folder):
     return None
 
 
+def require_folder(path, label):
+    """Refuse an output folder that exists as a file; `label` names it as the user gave it."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise OutputError(f"{label} is a file, not a folder: choose a new or empty folder")
+
+
 def check_out_dir(out_dir, tool, flag):
     """Before anything runs: refuse an output folder of `tool` that is, or holds (two levels down), another tool's
     folder, so that no run writes into, or mixes its files with, another's results. A folder of `tool` itself is
     fine: the run resumes or adds to it."""
     root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise OutputError(f"{flag} {out_dir} is a file, not a folder: choose a folder")
+    require_folder(root, f"{flag} {out_dir}")
     for folder in (root, *root.glob("*/"), *root.glob("*/*/")):
         found = tool_folder(folder)
         if found and found[1] != tool:

@@ -39,6 +39,7 @@ EXPECTED = {
     # COCO's caption counts vary with the annotation release (5–7 per image): reported, not judged
     "coco": {"train": (113_287, None), "val": (5_000, None), "test": (5_000, None)},
 }
+LOADS = "annotations load as in a run"  # the check that runs the loader a run uses
 LISTED = 20  # problem files listed by name; the rest are counted
 # What a complete file ends with. Bytes after it are allowed if they are padding (NUL or 0xFF fill).
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
@@ -64,6 +65,11 @@ class Report:
     def add(self, check, expected, found, ok=None):
         self.rows.append((check, expected, found, ok))
 
+    def refused(self, err):
+        """Loading the splits as a run does refused them: a failed check, with `err` below the table."""
+        self.annotation_error = str(err)
+        self.add(LOADS, "loads", "refused (see below)", False)
+
 
 def check_download(data_cfg, expected=None, full_decode=False, workers=16):
     """Report on the dataset the `data` section of a config describes; `expected`: split -> (images, captions)."""
@@ -79,8 +85,7 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
     except AnnotationError as err:
         if not all(path.is_file() for path in files.values()):
             raise  # nothing to check without the file
-        report.annotation_error = str(err)
-        report.add("annotations load as in a run", "loads", "refused (see below)", False)
+        report.refused(err)
         return report
     kinds = " + ".join(sorted({_format(path) for path in files.values()}))
     report.add("annotation format", "Karpathy or BLIP-style",
@@ -115,15 +120,14 @@ def check_download(data_cfg, expected=None, full_decode=False, workers=16):
                not report.copies)
 
     if report.missing:  # load_split would only refuse the missing files listed above; its other checks wait
-        report.add("annotations load as in a run", "loads", "not tried: files missing")
+        report.add(LOADS, "loads", "not tried: files missing")
         return report
     try:
         for split in SPLITS:
             load_split(data_cfg, split)
-        report.add("annotations load as in a run", "loads", "loads", True)
+        report.add(LOADS, "loads", "loads", True)
     except AnnotationError as err:
-        report.annotation_error = str(err)
-        report.add("annotations load as in a run", "loads", "refused (see below)", False)
+        report.refused(err)
     return report
 
 

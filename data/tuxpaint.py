@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from common.cli import run
 from common.errors import InputError, MissingError, OutputError
-from common.io import atomic_path, atomic_write_text
+from common.io import atomic_path, atomic_write_text, require_folder
 from data.images import composite_on_white
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,7 @@ def _write_readme(out_dir, counts, max_side, seed):
 def check_out(out_dir):
     """Refuse an --out that is a file, or a folder holding files that this tool did not write (it would delete them)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file, not a folder: choose a new or empty folder")
+    require_folder(out_dir, f"--out {out_dir}")
     if (out_dir.is_dir() and any(out_dir.iterdir())
             and not ((out_dir / JSON_NAME).exists() or (out_dir / BUILD_MARKER).exists())):
         raise OutputError(f"--out {out_dir} holds files that this tool did not write: choose a new or empty folder")

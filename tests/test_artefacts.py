@@ -17,6 +17,7 @@ from artefacts.distilled import DistilledSet, DistilledSetError, load_distilled,
 from artefacts.export import export_distilled
 from artefacts.folder import EXPORT_FORMAT
 from common.cli import run
+from common.errors import OutputError
 from common.visuals import to_uint8
 from conftest import ROOT, file_digests, run_tool
 from training.experts import ExpertPool
@@ -177,6 +178,9 @@ def test_export_refuses_a_foreign_non_empty_folder_unless_overwrite(tmp_path):
     assert file_digests(folder) == before
     export_distilled(_set(), folder, overwrite=True)
     _assert_export_of(_set(), folder)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    with pytest.raises(OutputError, match=r"export folder .*notes\.txt is a file, not a folder"):
+        export_distilled(_set(), folder / "notes.txt", overwrite=True)
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
