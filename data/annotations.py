@@ -74,6 +74,13 @@ class CaptionSplit:
         return out
 
     @cached_property
+    def cache_stem(self):
+        """The start of its cache files' names: dataset, split and the annotation file, so that two datasets of one
+        name (the Tux Paint split seeds, a copy of one's own data) keep a cache each instead of rebuilding each
+        other's."""
+        return f"{self.dataset}_{self.split}_{hash_strings(os.path.abspath(self.source))[:8]}"
+
+    @cached_property
     def fingerprint(self):
         """Identifies the content (image names and captions), e.g. as part of a cache key."""
         names = [os.path.basename(p) for p in self.image_paths]

@@ -47,7 +47,7 @@ def cached_images(split, transform, cache_dir, num_workers=0, log=print):
     """StoredImages of `split` for `transform` (one of build_transform's), from the cache when it is current,
     else built first (decoding with `num_workers` loader workers)."""
     store = Store.of(transform)
-    path = Path(cache_dir) / "images" / f"{split.dataset}_{split.split}_{store.name}.safetensors"
+    path = Path(cache_dir) / "images" / f"{split.cache_stem}_{store.name}.safetensors"
     record = {"dataset": split.dataset, "split": split.split, "images": image_list_fingerprint(split),
               "view": store.name, "stored": store.description, "version": CACHE_VERSION}
     if path.is_file():

@@ -31,7 +31,7 @@ def _provenance(split, encoder, samples):
 def cache_path(cache_dir, split, encoder, samples=None):
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(encoder.name)).name)
     noisy = "_dropout" if samples else ""
-    return Path(cache_dir) / "text" / f"{split.dataset}_{split.split}_{slug}{noisy}.safetensors"
+    return Path(cache_dir) / "text" / f"{split.cache_stem}_{slug}{noisy}.safetensors"
 
 
 def caption_features(split, encoder, cache_dir, log=print, samples=None):

@@ -57,6 +57,18 @@ def test_stale_cache_is_rebuilt_when_captions_change(handmade, tmp_path, minilm)
     assert not torch.allclose(new[0], old[0]) and torch.allclose(new[1:], old[1:], atol=1e-5)
 
 
+def test_two_annotation_files_of_one_dataset_name_keep_a_cache_each(handmade, tmp_path, minilm):
+    """The Tux Paint split seeds share the name `tuxpaint`: run side by side, they used to rebuild each other's."""
+    copy = handmade / "copy.json"
+    copy.write_text((handmade / "karpathy.json").read_text().replace("A dog runs.", "A horse jumps."))
+    splits = [read_split(path, "train", handmade / "img", "toy") for path in (handmade / "karpathy.json", copy)]
+    enc, messages = Counting(minilm), []
+    first = [caption_features(split, enc, tmp_path / "cache", log=messages.append) for split in splits]
+    again = [caption_features(split, enc, tmp_path / "cache", log=messages.append) for split in splits]
+    assert enc.encoded == 2 * len(splits[0].captions) and messages == []  # each encoded once, none stale
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and not torch.allclose(first[0][0], first[1][0])
+
+
 def test_stale_cache_is_rebuilt_when_encoder_weights_change(handmade, tmp_path, minilm):
     split = read_split(handmade / "karpathy.json", "train", handmade / "img", "toy")
     enc, messages = Counting(minilm), []
