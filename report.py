@@ -4,6 +4,7 @@ renders them).
 
     python report.py results/tuxpaint/split0/*.json [--protocol val-selected|last epoch|as published|all] [--out report.md]
         [--plot report.png]
+    python report.py results/tuxpaint/split*/*.json --by-folder   # one dataset per folder: 'tuxpaint · split1'
 """
 import argparse
 from pathlib import Path
@@ -22,6 +23,9 @@ def main(argv=None):
     parser.add_argument("--protocol", default="val-selected", choices=(*PROTOCOLS, "all"))
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     parser.add_argument("--plot", type=Path, help="also draw mean recall against budget into this PNG")
+    parser.add_argument("--by-folder", action="store_true",
+                        help="tell results apart by their file's folder too (runs on different data of one name, "
+                             "e.g. split seeds): each folder gets its own tables, controls, full data and panels")
     args = parser.parse_args(argv)
     if args.plot and args.plot.suffix.lower() != ".png":
         raise InputError(f"--plot {args.plot}: the picture is a PNG; give a path that ends in .png")
@@ -29,7 +33,7 @@ def main(argv=None):
         if out:
             check_output(out, args.results, flag)
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
-    entries = read_results(args.results)
+    entries = read_results(args.results, args.by_folder)
     text = "\n".join(part for part in (tables(entries, protocols, reference()), gains(entries, protocols)) if part)
     print(text)
     if args.out:

@@ -58,13 +58,18 @@ def parse_published(text):
 ENTRY_KEYS = ("model", "method", "budget", "students", "protocols")  # what the tables and the plot read
 
 
-def read_results(paths):
-    """Every result entry of the files, tagged with its dataset."""
+def read_results(paths, by_folder=False):
+    """Every result entry of the files, tagged with its dataset; `by_folder`: with the name of its file's folder too
+    ('tuxpaint · split1'), so that runs on different data of one name (split seeds) keep tables, controls, full data
+    and plot panels of their own."""
     entries = []
     for path in paths:
         try:
             content = json.loads(Path(path).read_text())
-            results = [{**e, "dataset": content["dataset"]} for e in content["results"] if "protocols" in e]
+            results = [e for e in content["results"] if "protocols" in e]  # an expert file (--expert) has none
+            if results:
+                folder = f" · {Path(path).resolve().parent.name}" if by_folder else ""
+                results = [{**e, "dataset": content["dataset"] + folder} for e in results]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise InputError(f"{path} is not a result file of evaluate.py (--distilled or --full-data): {err}")
         for index, e in enumerate(results):
@@ -221,8 +226,9 @@ def plot(entries, protocols, path, reference=Reference()):
                 lines_full.append((f"full data, published ({reference.protocol[FULL_DATA]})",
                                    parse_published(published_full)["mean"], None))
             panels.append((f"{dataset}, {protocol}", lines, published, lines_full, _controls(entries, rows, protocol)))
+    columns = len(protocols) if len(protocols) > 1 else min(len(datasets), 3)  # one protocol: datasets side by side
+    title = "test recall against budget, mean ± std over students"  # the panels name their dataset
     try:
-        return save_budget_plot(path, panels, len(protocols),
-                                f"{', '.join(datasets)}: test recall against budget, mean ± std over students")
+        return save_budget_plot(path, panels, columns, f"{datasets[0]}: {title}" if len(datasets) == 1 else title)
     except OSError as err:
         raise OutputError(f"--plot {path}: cannot write the picture there ({err}); choose another path") from err

@@ -6,7 +6,7 @@
 # RepBlend the heads-only students' too); every set of a budget in CROSS_BUDGETS (default 50) also evaluated by
 # students on each image tower of CROSS (default EfficientNet-Lite1: cross-architecture); then one table per budget
 # (OUT/report.md), a plot of recall against budget (OUT/report.png) and each method's whole-pipeline cost
-# (OUT/cost.md).
+# (OUT/cost.md); and the same tables and plot over every split seed's results (results/tuxpaint/report.md, .png).
 # SPLIT (default 0) is the split seed of the data (`python -m data.tuxpaint --seed SPLIT`, built if missing): split 0
 # is datasets/tuxpaint, split S datasets/tuxpaint_splitS. OUT (default results/tuxpaint/splitSPLIT) holds the split's
 # own experts (OUT/buffer) and every result. The results (JSON, time files, tables) are tracked by git, the sets and
@@ -152,3 +152,12 @@ if [ -n "$budgeted" ]; then
   sed -i "1i Tux Paint split seed $SPLIT ($data).\n" "$OUT/report.md"  # the split of every figure in it
   $PY bench/pipeline_cost.py "$OUT" --split "$SPLIT" | tee "$OUT/cost.md"
 fi
+# every split seed's results side by side, each figure under its folder's name ('tuxpaint · split1'): the tables and
+# the plot the README shows, results/tuxpaint/report.md and report.png
+case $(basename "$OUT") in split*)
+  all=$(dirname "$OUT")
+  if ls "$all"/split*/*.json | grep -qv '/full_data'; then
+    $PY report.py "$all"/split*/*.json --by-folder --out "$all/report.md" --plot "$all/report.png" >/dev/null
+    echo "all split seeds: $all/report.md, $all/report.png"
+  fi ;;
+esac

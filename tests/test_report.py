@@ -331,3 +331,30 @@ def test_gain_table_measures_each_set_against_its_better_start_and_full_data(tmp
     assert rows == [
         "| tuxpaint | 10 | lors · exact | 20.0 ± 1.0 | 19.5 ± 0.2 (lors at iteration 0 (9 pairs)) | +0.5 | no | 40.4% |",
         "| tuxpaint | 50 | lors · exact | 23.5 ± 0.2 | 19.5 ± 0.2 (lors at iteration 0, learned lrs) | +4.0 | yes | 47.5% |"]
+
+
+def test_by_folder_keeps_two_split_seeds_apart_with_their_own_starts_and_full_data(tmp_path):
+    """One dataset name in two folders: together, the better start of both splits would serve each set; by folder,
+    each set meets its own split's start and full data."""
+    def distilled(model, level, metagrad="exact"):
+        return {**entry(model, "covmatch", 50, level), "metagrad": metagrad}
+    paths = []
+    for split, (level, start, full) in {"split0": (20, 18, 36), "split1": (22, 10, 46)}.items():
+        (tmp_path / split).mkdir()
+        paths.append(write(tmp_path / split / "covmatch_50.json", "tuxpaint", distilled("covmatch (50 pairs)", level)))
+        paths.append(write(tmp_path / split / "start.json", "tuxpaint",
+                           distilled("covmatch at iteration 0", start, "iteration 0")))
+        paths.append(write(tmp_path / split / "full.json", "tuxpaint", entry("full data", "full data", None, full, 1)))
+    mixed = sections(report.gains(read_results(paths), ("val-selected",)))
+    assert [row.split(" | ")[5] for row in mixed[next(iter(mixed))][2:]] == ["+2.0", "+4.0"]  # both against 18
+    text = main([*paths, "--by-folder"])
+    table = sections(text)["gain over the better starting point: test MEAN recall (%), val-selected"][2:]
+    assert table == [
+        "| tuxpaint · split0 | 50 | covmatch · exact | 23.5 ± 0.2 | 21.5 ± 0.2 (covmatch at iteration 0) | +2.0 | yes | 59.5% |",
+        "| tuxpaint · split1 | 50 | covmatch · exact | 25.5 ± 0.2 | 13.5 ± 0.2 (covmatch at iteration 0) | +12.0 | yes | 51.5% |"]
+    assert heading(50, "val-selected").replace("flickr30k", "tuxpaint · split1") in sections(text)
+    fig = plot(read_results(paths, by_folder=True), ("val-selected",), tmp_path / "splits.png")
+    left, right = fig.axes[:2]
+    assert [left.get_title(), right.get_title()] == ["tuxpaint · split0, val-selected", "tuxpaint · split1, val-selected"]
+    (a, b) = (left.get_position(), right.get_position())
+    assert a.y0 == b.y0 and a.x1 < b.x0  # side by side
