@@ -6,7 +6,7 @@
 """
 from common.cli import run
 from common.config import parse_args
-from common.io import check_out_dir, check_output
+from common.io import check_out_dir
 from data.annotations import annotation_files
 from methods import method_keys
 from training.experts import run_buffer
@@ -17,8 +17,7 @@ def main(argv=None):
     cfg, _ = parse_args(argv, description=__doc__, reads=("data", "model", "buffer", "log"),
                         method_keys=method_keys())
     out_dir = cfg["buffer"]["out_dir"]
-    check_output(out_dir, annotation_files(cfg["data"]), "buffer.out_dir")
-    check_out_dir(out_dir, "buffer.py", "buffer.out_dir")
+    check_out_dir(out_dir, "buffer.py", "buffer.out_dir", annotation_files(cfg["data"]))
     experts = run_buffer(cfg)
     for index, meta in sorted(experts.items()):
         recall = meta.get("test_recall") or {}

@@ -11,7 +11,7 @@ processes, as long as P is the same).
 from common.cli import run
 from common.config import parse_args
 from common.distributed import processes, rank_zero_first
-from common.io import check_out_dir, check_output
+from common.io import check_out_dir
 from common.tensorboard import tensorboard_dir
 from data.annotations import annotation_files
 from methods import REGISTRY, method_keys
@@ -25,8 +25,7 @@ def main(argv=None):
                         reads=("data", "model", "buffer", "distill", "evaluate", "log"), method_keys=method_keys())
     tensorboard_dir(cfg)  # log.tensorboard without the package: stop before any compute
     out_dir = cfg["distill"]["out_dir"]
-    check_output(out_dir, [cfg["buffer"]["out_dir"], *annotation_files(cfg["data"])], "distill.out_dir")
-    check_out_dir(out_dir, "distill.py", "distill.out_dir")
+    check_out_dir(out_dir, "distill.py", "distill.out_dir", [cfg["buffer"]["out_dir"], *annotation_files(cfg["data"])])
     splits = ("train", "val") if cfg["distill"]["eval_every"] else ("train",)
     with processes(cfg["device"], cfg) as (_, world, device):
         work_per_rank(cfg["distill"], world)  # before anything is built

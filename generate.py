@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.cli import run
 from common.config import parse_args, save_config
-from common.io import check_out_dir, check_output, run_lock
+from common.io import check_out_dir, run_lock
 from data.annotations import annotation_files
 from methods import method_keys
 
@@ -28,8 +28,7 @@ def main(argv=None):
     cfg, args = parse_args(argv, description=__doc__.split("\n")[0], extra=_flags,
                            reads=("data", "model", "edge"), method_keys=method_keys())
     from methods.edge.generation import set_folder
-    out_dir = Path(check_output(cfg["edge"]["out_dir"], annotation_files(cfg["data"]), "edge.out_dir"))
-    check_out_dir(out_dir, "generate.py", "edge.out_dir")
+    out_dir = Path(check_out_dir(cfg["edge"]["out_dir"], "generate.py", "edge.out_dir", annotation_files(cfg["data"])))
     finetuned, folder = out_dir / "finetune.safetensors", set_folder(cfg["edge"])
     with run_lock(out_dir):
         save_config(cfg, out_dir / f"config_{args.step}.yaml")

@@ -4,8 +4,9 @@ GNU time files it writes: experts (when the method needs them) + distillation (i
     python bench/pipeline_cost.py results/tuxpaint/split1 [--split 1]
 
 Prints a markdown table: wall and CPU seconds summed over the parts, the peak memory of the largest part, and the
-wall and CPU ratio to LoRS's pipeline at the same budget (LoRS from k-means where plain LoRS was not timed). A part without a time file (experts made before the
-benchmark ran) leaves its row marked incomplete rather than cheaper than it was. Asserts nothing.
+wall and CPU ratio to LoRS's pipeline at the same budget (LoRS from k-means where plain LoRS was not timed). A part
+without a time file (experts made before the benchmark ran) leaves its row marked incomplete rather than cheaper than
+it was. Asserts nothing.
 """
 import argparse
 import re

@@ -150,10 +150,11 @@ def require_folder(path, label):
         raise OutputError(f"{label} is a file, not a folder: choose a new or empty folder")
 
 
-def check_out_dir(out_dir, tool, flag):
-    """Before anything runs: refuse an output folder of `tool` that is, or holds (two levels down), another tool's
-    folder, so that no run writes into, or mixes its files with, another's results. A folder of `tool` itself is
-    fine: the run resumes or adds to it."""
+def check_out_dir(out_dir, tool, flag, inputs=()):
+    """Before anything runs: refuse an output folder of `tool` that would replace one of the run's `inputs`
+    (check_output), or that is, or holds (two levels down), another tool's folder, so that no run writes into, or
+    mixes its files with, another's results. A folder of `tool` itself is fine: the run resumes or adds to it."""
+    check_output(out_dir, inputs, flag)
     root = Path(out_dir)
     require_folder(root, f"{flag} {out_dir}")
     for folder in (root, *root.glob("*/"), *root.glob("*/*/")):
