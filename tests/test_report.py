@@ -353,8 +353,31 @@ def test_by_folder_keeps_two_split_seeds_apart_with_their_own_starts_and_full_da
         "| tuxpaint · split0 | 50 | covmatch · exact | 23.5 ± 0.2 | 21.5 ± 0.2 (covmatch at iteration 0) | +2.0 | yes | 59.5% |",
         "| tuxpaint · split1 | 50 | covmatch · exact | 25.5 ± 0.2 | 13.5 ± 0.2 (covmatch at iteration 0) | +12.0 | yes | 51.5% |"]
     assert heading(50, "val-selected").replace("flickr30k", "tuxpaint · split1") in sections(text)
+    assert sections(text)["gain over the better starting point, side by side: test MEAN recall (%), val-selected"] == [
+        "mean ± std over students (gain over the better start); bold: the spreads are apart",
+        "| budget | method | tuxpaint · split0 | tuxpaint · split1 |", "|---:|---|---:|---:|",
+        "| 50 | covmatch · exact | **23.5 ± 0.2** (+2.0) | **25.5 ± 0.2** (+12.0) |", "| | full data | 39.5 | 49.5 |"]
     fig = plot(read_results(paths, by_folder=True), ("val-selected",), tmp_path / "splits.png")
     left, right = fig.axes[:2]
     assert [left.get_title(), right.get_title()] == ["tuxpaint · split0, val-selected", "tuxpaint · split1, val-selected"]
     (a, b) = (left.get_position(), right.get_position())
     assert a.y0 == b.y0 and a.x1 < b.x0  # side by side
+
+
+def test_side_by_side_marks_touching_spreads_and_sets_one_split_lacks(tmp_path):
+    """A set whose spread touches its start's is not bold; a set measured on one split only reads '–' on the other,
+    and so does full data where a split has none."""
+    def distilled(method, level, metagrad="exact", budget=50):
+        return {**entry(f"{method} ({budget} pairs)", method, budget, level), "metagrad": metagrad}
+    paths = []
+    for split in ("split0", "split1"):
+        (tmp_path / split).mkdir()
+        paths.append(write(tmp_path / split / "mdm.json", "tuxpaint", distilled("mdm", 20),
+                           distilled("mdm", 19.9, "iteration 0")))
+    paths.append(write(tmp_path / "split1" / "lors.json", "tuxpaint", distilled("lors", 12, budget=10),
+                       distilled("lors", 10, "iteration 0", budget=10),
+                       entry("full data", "full data", None, 40, 1)))
+    table = sections(main([*paths, "--by-folder"]))[
+        "gain over the better starting point, side by side: test MEAN recall (%), val-selected"][2:]
+    assert table == ["|---:|---|---:|---:|", "| 10 | lors · exact | – | **15.5 ± 0.2** (+2.0) |",
+                     "| 50 | mdm · exact | 23.5 ± 0.2 (+0.1) | 23.5 ± 0.2 (+0.1) |", "| | full data | – | 43.5 |"]
