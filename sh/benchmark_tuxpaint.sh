@@ -47,11 +47,14 @@ timed() {  # name command…: runs it, its wall, CPU and peak memory into OUT/na
   shift
   /usr/bin/time -f "%e s wall, %U+%S s CPU, %M KB peak" -o "$OUT/$name.time" "$@"
 }
+experts_for() {  # config: the experts its students match, projection heads' (RepBlend) or full towers'
+  case $1 in *repblend.yaml) echo "$OUT/buffer_heads" ;; *) echo "$OUT/buffer" ;; esac
+}
 evaluate() {  # result config set [evaluate.py arguments…]: OUT/result.json, and OUT/result_<tower>.json for each
   local out=$1 config=$2 set_=$3  # tower of CROSS when the set's budget is one of CROSS_BUDGETS; existing ones kept
   shift 3
-  local args=(--config "$config" "${on_split[@]}" --buffer.out_dir $OUT/buffer --evaluate.students "$STUDENTS"
-              --evaluate.lr_grid "$GRID" --distilled "$set_")
+  local args=(--config "$config" "${on_split[@]}" --buffer.out_dir "$(experts_for "$config")"
+              --evaluate.students "$STUDENTS" --evaluate.lr_grid "$GRID" --distilled "$set_")
   [ -f "$OUT/$out.json" ] || $PY evaluate.py "${args[@]}" --out "$OUT/$out.json" "$@"
   case " $CROSS_BUDGETS " in *" $budget "*) ;; *) return 0 ;; esac
   for tower in $CROSS; do
@@ -63,7 +66,7 @@ distill() {  # name config [overrides…]: the set OUT/name_budget/distilled.saf
   local name=$1 config=$2
   shift 2
   [ -f "$OUT/${name}_$budget/distilled.safetensors" ] || timed "${name}_$budget" $PY distill.py \
-    --config "configs/tuxpaint/$config" "${on_split[@]}" --buffer.out_dir $OUT/buffer \
+    --config "configs/tuxpaint/$config" "${on_split[@]}" --buffer.out_dir "$(experts_for "$config")" \
     --distill.budget "$budget" --distill.out_dir "$OUT/${name}_$budget" "$@"
 }
 
