@@ -48,3 +48,19 @@ def test_the_readme_block_runs_top_to_bottom_at_its_tiny_settings():
         assert (saved["buffer"]["out_dir"], saved["distill"]["iterations"]) == ("runs/tiny/buffer", 2)
     finally:
         shutil.rmtree(TINY_OUT, ignore_errors=True)
+
+
+def side_by_side_table(text):
+    """The lines of the first markdown table whose header names the split folders ('| budget | method | tuxpaint ·')."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| budget | method | tuxpaint · split"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_the_readme_benchmark_table_is_the_one_the_benchmark_wrote():
+    """The README's benchmark table is results/tuxpaint/report.md's side-by-side table, copied whole: remaking the
+    results without the README (or editing a figure by hand) fails here."""
+    written = side_by_side_table((ROOT / "results" / "tuxpaint" / "report.md").read_text())
+    assert side_by_side_table((ROOT / "README.md").read_text()) == written
+    assert written[0] == "| budget | method | tuxpaint · split0 | tuxpaint · split1 |"  # both split seeds
