@@ -159,8 +159,8 @@ def _controls(entries, rows, protocol):
 
 
 def _gain_rows(entries, protocol):
-    """[(set, its better start, the best full-data mean of its dataset or None)] of every distilled set with a
-    start scored under `protocol`, in table order."""
+    """[(set, its better start)] of every distilled set with a start scored under `protocol`, in table order, and
+    {dataset: its best full-data mean}."""
     full = {}  # dataset: its best full-data mean
     for f in entries:
         if f["budget"] is None and protocol in f["protocols"]:
@@ -169,8 +169,8 @@ def _gain_rows(entries, protocol):
     for e in sorted(entries, key=lambda x: (x["dataset"], x["budget"] or 0, _line(x))):
         start = _better_start(entries, e, protocol)
         if start is not None:
-            rows.append((e, start, full.get(e["dataset"])))
-    return rows
+            rows.append((e, start))
+    return rows, full
 
 
 def _apart(e, start, protocol):
@@ -185,11 +185,11 @@ def gains(entries, protocols):
     also the same sets side by side, one column per dataset."""
     out = []
     for protocol in protocols:
-        rows = _gain_rows(entries, protocol)
+        rows, full = _gain_rows(entries, protocol)
         lines = []
-        for e, start, full in rows:
+        for e, start in rows:
             (mean, std), (start_mean, start_std) = e["protocols"][protocol]["mean"], start["protocols"][protocol]["mean"]
-            share = f"{100 * mean / full:.1f}%" if full else "–"
+            share = f"{100 * mean / full[e['dataset']]:.1f}%" if full.get(e["dataset"]) else "–"
             apart = "yes" if _apart(e, start, protocol) else "no"
             lines.append(f"| {e['dataset']} | {e['budget']} | {_line(e)} | {mean:.1f} ± {std:.1f} | {start_mean:.1f} ± "
                          f"{start_std:.1f} ({start['model']}) | {mean - start_mean:+.1f} | {apart} | {share} |")
@@ -197,29 +197,28 @@ def gains(entries, protocols):
             out += [f"## gain over the better starting point: test MEAN recall (%), {protocol}", "",
                     "| dataset | budget | method | mean | better start | gain | spreads apart | of full data |",
                     "|---|---:|---|---:|---|---:|---|---:|", *lines, ""]
-        if len({e["dataset"] for e, _, _ in rows}) > 1:
-            out += _side_by_side(rows, protocol)
+        if len({e["dataset"] for e, _ in rows}) > 1:
+            out += _side_by_side(rows, full, protocol)
     return "\n".join(out)
 
 
-def _side_by_side(rows, protocol):
+def _side_by_side(rows, full, protocol):
     """The gain table's sets, one column per dataset: 'mean ± std (gain)', bold where the spreads are apart; the
     last row each dataset's full data."""
-    datasets = sorted({e["dataset"] for e, _, _ in rows})
-    cells, full = {}, {}
-    for e, start, full_mean in rows:
+    datasets = sorted({e["dataset"] for e, _ in rows})
+    cells = {}
+    for e, start in rows:
         mean, std = e["protocols"][protocol]["mean"]
         figure = f"{mean:.1f} ± {std:.1f}"
         gain = mean - start["protocols"][protocol]["mean"][0]
         cells.setdefault((e["budget"], _line(e)), {})[e["dataset"]] = \
             f"{f'**{figure}**' if _apart(e, start, protocol) else figure} ({gain:+.1f})"
-        full[e["dataset"]] = "–" if full_mean is None else f"{full_mean:.1f}"
     lines = [f"| {budget} | {line} | " + " | ".join(by.get(d, "–") for d in datasets) + " |"
              for (budget, line), by in sorted(cells.items())]
     return [f"## gain over the better starting point, side by side: test MEAN recall (%), {protocol}", "",
             "mean ± std over students (gain over the better start); bold: the spreads are apart", "",
             "| budget | method | " + " | ".join(datasets) + " |", "|---:|---|" + "---:|" * len(datasets), *lines,
-            "| | full data | " + " | ".join(full.get(d, "–") for d in datasets) + " |", ""]
+            "| | full data | " + " | ".join(f"{full[d]:.1f}" if d in full else "–" for d in datasets) + " |", ""]
 
 
 def plot(entries, protocols, path, reference=Reference()):
