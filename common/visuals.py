@@ -139,6 +139,7 @@ def save_curves(path, series, title):
 
 
 CONTROL_LABEL = "starting point (iteration 0, the better control) → distilled set: the gain"
+LINE_LOOKS = (("o", "-"), ("^", "--"), ("D", "-."))  # (marker, dash) of lines 1-10, 11-20, 21-30
 OFFSET_STEP = 1.035  # neighbouring lines at one budget sit this factor apart on the log budget axis
 
 
@@ -151,16 +152,19 @@ def _offsets(labels):
 def save_budget_plot(path, panels, columns, title):
     """PNG of mean recall against budget (log x, the budgets as ticks), `panels` laid out `columns` to a row, one
     legend on the right; returns the Figure. A panel is (title, lines, published, full, controls):
-    lines: [(label, budgets, means, stds)]: line, markers and error bars; a label keeps its colour in every panel;
+    lines: [(label, budgets, means, stds)]: line, markers and error bars; a label keeps its colour in every panel,
+    and past ten labels the colours come round with another marker and dash (LINE_LOOKS);
     the lines of a panel sit side by side around each budget (`_offsets`), so that none hides another;
     published: [(label, line label, budgets, means)]: hollow markers in that line's colour;
     full: [(label, mean, std)]: horizontal line with a ± std band; std None: a dotted line (a published number);
     controls: [(line label, budget, mean)]: the line's own starting point at that budget, a hollow square with an
     arrow up (or down) to the distilled set's mean, its gain written beside it."""
-    colours = {}
+    colours, looks = {}, {}  # past ten lines the colours come round again: marker and dash tell them apart
     for _, lines, *_ in panels:
         for label, *_ in lines:
-            colours.setdefault(label, f"C{len(colours) % 10}")
+            if label not in colours:
+                colours[label] = f"C{len(colours) % 10}"
+                looks[label] = LINE_LOOKS[(len(looks) // 10) % len(LINE_LOOKS)]
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(5 * columns + 2.5, 5 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -172,8 +176,9 @@ def save_budget_plot(path, panels, columns, title):
         for label, budgets, means, stds in lines:
             xs = [b * offset[label] for b in budgets]
             reached.update({(label, b): (x, m) for b, x, m in zip(budgets, xs, means)})
-            handles.setdefault(label, ax.errorbar(xs, means, yerr=stds, color=colours[label], marker="o",
-                                                  capsize=3, label=label))
+            marker, linestyle = looks[label]
+            handles.setdefault(label, ax.errorbar(xs, means, yerr=stds, color=colours[label], marker=marker,
+                                                  linestyle=linestyle, capsize=3, label=label))
         for label, line, budgets, means in published:
             handles.setdefault(label, ax.plot([b * offset[line] for b in budgets], means, linestyle="none",
                                               marker="o", markersize=9, markerfacecolor="none",

@@ -270,6 +270,16 @@ def test_plot_without_published_numbers_or_full_data(tmp_path):
     assert list(drawn(ax)["k-center"].lines[0].get_ydata()) == [32.5, 42.5]
 
 
+def test_plot_tells_twelve_lines_apart(tmp_path):
+    """Ten colours come round again: past the tenth line, marker and dash tell two lines of one colour apart."""
+    path = write(tmp_path / "many.json", "tuxpaint", *(entry(f"m{i} (10 pairs)", f"m{i}", 10, i) for i in range(12)))
+    [ax] = plot(read_results([path]), ("last epoch",), tmp_path / "many.png").axes
+    lines = [c.lines[0] for c in ax.containers]
+    looks = [(to_rgba(line.get_color()), line.get_marker(), line.get_linestyle()) for line in lines]
+    assert len(looks) == 12 and len(set(looks)) == 12
+    assert looks[10][0] == looks[0][0] and looks[10][1:] == ("^", "--")  # the 11th: C0 again, triangles, dashed
+
+
 def test_plot_refusals(tmp_path, flickr):
     full = write(tmp_path / "only_full.json", "flickr30k", entry("full data (1000 pairs)", "full data", None, 50, 1))
     with pytest.raises(ValueError, match="--plot: none of the results has a budget"):
