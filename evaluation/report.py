@@ -203,8 +203,8 @@ def gains(entries, protocols):
 
 
 def _side_by_side(rows, full, protocol):
-    """The gain table's sets, one column per dataset: 'mean ± std (gain)', bold where the spreads are apart; the
-    last row each dataset's full data."""
+    """The gain table's sets, one column per dataset: 'mean ± std (gain)', bold where the set's spread lies above its
+    start's (`_apart`); the last row each dataset's full data."""
     datasets = sorted({e["dataset"] for e, _ in rows})
     cells = {}
     for e, start in rows:
@@ -216,7 +216,7 @@ def _side_by_side(rows, full, protocol):
     lines = [f"| {budget} | {line} | " + " | ".join(by.get(d, "–") for d in datasets) + " |"
              for (budget, line), by in sorted(cells.items())]
     return [f"## gain over the better starting point, side by side: test MEAN recall (%), {protocol}", "",
-            "mean ± std over students (gain over the better start); bold: the spreads are apart", "",
+            "mean ± std over students (gain over the better start); bold: its spread lies above its start's", "",
             "| budget | method | " + " | ".join(datasets) + " |", "|---:|---|" + "---:|" * len(datasets), *lines,
             "| | full data | " + " | ".join(f"{full[d]:.1f}" if d in full else "–" for d in datasets) + " |", ""]
 

@@ -364,7 +364,7 @@ def test_by_folder_keeps_two_split_seeds_apart_with_their_own_starts_and_full_da
         "| tuxpaint · split1 | 50 | covmatch · exact | 25.5 ± 0.2 | 13.5 ± 0.2 (covmatch at iteration 0) | +12.0 | yes | 51.5% |"]
     assert heading(50, "val-selected").replace("flickr30k", "tuxpaint · split1") in sections(text)
     assert sections(text)["gain over the better starting point, side by side: test MEAN recall (%), val-selected"] == [
-        "mean ± std over students (gain over the better start); bold: the spreads are apart",
+        "mean ± std over students (gain over the better start); bold: its spread lies above its start's",
         "| budget | method | tuxpaint · split0 | tuxpaint · split1 |", "|---:|---|---:|---:|",
         "| 50 | covmatch · exact | **23.5 ± 0.2** (+2.0) | **25.5 ± 0.2** (+12.0) |", "| | full data | 39.5 | 49.5 |"]
     fig = plot(read_results(paths, by_folder=True), ("val-selected",), tmp_path / "splits.png")
