@@ -159,12 +159,12 @@ def save_budget_plot(path, panels, columns, title):
     full: [(label, mean, std)]: horizontal line with a ± std band; std None: a dotted line (a published number);
     controls: [(line label, budget, mean)]: the line's own starting point at that budget, a hollow square with an
     arrow up (or down) to the distilled set's mean, its gain written beside it."""
-    colours, looks = {}, {}  # past ten lines the colours come round again: marker and dash tell them apart
+    colours = {}
     for _, lines, *_ in panels:
         for label, *_ in lines:
-            if label not in colours:
-                colours[label] = f"C{len(colours) % 10}"
-                looks[label] = LINE_LOOKS[(len(looks) // 10) % len(LINE_LOOKS)]
+            colours.setdefault(label, f"C{len(colours) % 10}")
+    # past ten lines the colours come round again: marker and dash tell them apart
+    looks = {label: LINE_LOOKS[(i // 10) % len(LINE_LOOKS)] for i, label in enumerate(colours)}
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(5 * columns + 2.5, 5 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
